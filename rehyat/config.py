@@ -1,0 +1,113 @@
+"""Configuration dataclasses: the single home of ReHyAt's defaults.
+
+Every other module takes its defaults from here, so a default changes in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Activation = Literal["relu", "gelu", "silu"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu")
+
+
+@dataclass(frozen=True)
+class FeatureMapConfig:
+    """Shape of the learned feature maps φq / φk (one per head, as a grouped 1×1 MLP).
+
+    Defaults follow the paper: a 2-layer MLP with degree-2 polynomial features. With Wan2.1-1.3B's
+    12 heads × 128 the pair (φq, φk) has ≈2.37 M parameters per converted block.
+
+    Attributes:
+        hidden_dim: width of the MLP's hidden layer, per head.
+        feature_dim: width of the MLP's output ψ per head; split into ``degree`` equal parts, so it
+            must be a multiple of ``degree``. φ has the same width (d' = feature_dim).
+        degree: P, the number of parts; part i (1-based) is raised to the power i.
+        activation: non-linearity between the two layers.
+        init_bias: initial bias of the output layer (before softplus); sets the kernel's initial
+            scale: softplus(−6) ≈ 2.5e-3 per feature, so φq·φk ≈ 1e-3 per key pair at init — the
+            size of one softmax weight over a window of ~1000 tokens.
+        eps: floor added to ψ = softplus(·) so every feature is ≥ eps^degree > 0 in fp32.
+    """
+
+    hidden_dim: int = 256
+    feature_dim: int = 256
+    degree: int = 2
+    activation: Activation = "silu"
+    init_bias: float = -6.0
+    eps: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _require_int("hidden_dim", self.hidden_dim, low=1)
+        _require_int("degree", self.degree, low=1, high=8)
+        _require_int("feature_dim", self.feature_dim, low=self.degree)
+        if self.feature_dim % self.degree:
+            raise ValueError(
+                f"feature_dim must be a multiple of degree ({self.degree}); got {self.feature_dim}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}")
+        if not (0.0 < self.eps <= 1.0):
+            raise ValueError(f"eps must be in (0, 1]; got {self.eps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureMapConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class HybridAttentionConfig:
+    """How a ReHyAt attention layer splits frames into softmax and linear parts.
+
+    Attributes:
+        chunk_frames: Tc, latent frames per chunk (≥ 1). The paper's best: 3.
+        overlap_frames: To, earlier frames each chunk also sees with softmax (≥ 0). Paper's best: 1.
+        causal: linear attention over earlier frames only (recurrent-capable) when True; over every
+            frame outside the softmax window when False.
+        feature_map: shape of φq / φk.
+    """
+
+    chunk_frames: int = 3
+    overlap_frames: int = 1
+    causal: bool = True
+    feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
+
+    def __post_init__(self) -> None:
+        _require_int("chunk_frames", self.chunk_frames, low=1)
+        _require_int("overlap_frames", self.overlap_frames, low=0)
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be a bool; got {self.causal!r}")
+        if isinstance(self.feature_map, dict):
+            object.__setattr__(self, "feature_map", FeatureMapConfig.from_dict(self.feature_map))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HybridAttentionConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return cls(**_known_fields(cls, data))
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(names)}")
+    return dict(data)
+
+
+def _require_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+    """Raise a ValueError naming ``name`` unless ``low <= value (<= high)`` is an int."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    ok = ok and (high is None or value <= high)
+    if not ok:
+        allowed = f"an integer ≥ {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")

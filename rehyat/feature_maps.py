@@ -1,0 +1,132 @@
+"""Learned feature maps φq / φk of ReHyAt's linear attention.
+
+Each map is a per-head 2-layer MLP — a grouped 1×1 convolution with one group per head, stored as
+``(heads, in, out)`` weight tensors and run as a batched matmul — followed by a polynomial
+expansion: the MLP output ψ is split into P equal parts and part i is raised to the power i,
+``φ(x) = [ψ₁(x)¹, ψ₂(x)², …, ψ_P(x)^P]``.
+
+Positivity guarantee: ψ = softplus(h) + eps with eps > 0, computed in fp32. Every feature is
+therefore ≥ eps^i > 0 (softplus never returns a negative value, and its fp32 underflow to 0 is
+covered by eps), so for any inputs ``φq(q)·φk(k) ≥ d'/P · Σᵢ eps^{2i} > 0``.
+
+Initialisation: first layer ~ U(±1/√d) (unit-gain for unit-variance queries), second layer
+~ U(±1/√hidden), output bias ``init_bias`` (−6 by default: features start near softplus(−6)≈2.5e-3
+and vary by ~±30 % with the input). Before training φq(q)·φk(k) is then ≈1e-3 per key — the size of
+one softmax weight over a window of about a thousand tokens — so an untrained hybrid stays close to
+its local softmax attention with a mild global average on top: a smooth, input-dependent, strictly
+positive kernel, never all-zero and never exploding. The parameters are deterministic given the
+torch RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import FeatureMapConfig
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+class HeadwiseFeatureMap(nn.Module):
+    """One feature map φ: ``(B, H, n, head_dim) -> (B, H, n, feature_dim)``, ≥ fp32, positive.
+
+    Args:
+        num_heads: H; each head has its own MLP (a grouped 1×1 conv with H groups).
+        head_dim: d, the per-head query/key width.
+        config: widths, degree and initialisation; defaults from :class:`FeatureMapConfig`.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, config: FeatureMapConfig | None = None):
+        super().__init__()
+        config = config or FeatureMapConfig()
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be an integer ≥ 1; got {num_heads!r}")
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim must be an integer ≥ 1; got {head_dim!r}")
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        hidden, out = config.hidden_dim, config.feature_dim
+        self.weight1 = nn.Parameter(torch.empty(num_heads, head_dim, hidden))  # (H, d, h)
+        self.bias1 = nn.Parameter(torch.empty(num_heads, 1, hidden))  # (H, 1, h)
+        self.weight2 = nn.Parameter(torch.empty(num_heads, hidden, out))  # (H, h, d')
+        self.bias2 = nn.Parameter(torch.empty(num_heads, 1, out))  # (H, 1, d')
+        self.reset_parameters()
+
+    @property
+    def feature_dim(self) -> int:
+        """d', the width of φ's output."""
+        return self.config.feature_dim
+
+    def reset_parameters(self) -> None:
+        """Re-initialise as described in the module docstring."""
+        bound1 = 1.0 / math.sqrt(self.head_dim)
+        bound2 = 1.0 / math.sqrt(self.config.hidden_dim)
+        with torch.no_grad():
+            self.weight1.uniform_(-bound1, bound1)
+            self.bias1.uniform_(-bound1, bound1)
+            self.weight2.uniform_(-bound2, bound2)
+            self.bias2.fill_(self.config.init_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``x`` ``(B, H, n, d)`` to features ``(B, H, n, d')``, all > 0, fp32 (fp64 for fp64)."""
+        if x.ndim != 4 or x.shape[1] != self.num_heads or x.shape[3] != self.head_dim:
+            raise ValueError(
+                f"feature map expects (B, {self.num_heads}, n, {self.head_dim}); "
+                f"got {tuple(x.shape)}"
+            )
+        batch, heads, n, dim = x.shape
+        xh = x.to(self.weight1.dtype).transpose(0, 1).reshape(heads, batch * n, dim)  # (H, B·n, d)
+        hidden = torch.baddbmm(self.bias1, xh, self.weight1)  # (H, B·n, h)
+        hidden = _ACTIVATIONS[self.config.activation](hidden)
+        pre = torch.baddbmm(self.bias2, hidden, self.weight2)  # (H, B·n, d')
+        pre = pre.to(torch.promote_types(pre.dtype, torch.float32))  # ≥ fp32 from here on
+        psi = F.softplus(pre) + self.config.eps
+        features = _polynomial_parts(psi, self.config.degree)
+        return features.reshape(heads, batch, n, -1).transpose(0, 1)  # (B, H, n, d')
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, hidden={cfg.hidden_dim}, "
+            f"features={cfg.feature_dim}, degree={cfg.degree}, activation={cfg.activation}"
+        )
+
+
+def _polynomial_parts(psi: Tensor, degree: int) -> Tensor:
+    """Split the last dim into ``degree`` parts and raise part i (1-based) to the power i."""
+    if degree == 1:
+        return psi
+    parts = psi.chunk(degree, dim=-1)
+    return torch.cat([p if i == 0 else p.pow(i + 1) for i, p in enumerate(parts)], dim=-1)
+
+
+class FeatureMapPair(nn.Module):
+    """The φq / φk pair of one converted attention block.
+
+    φk starts as an exact copy of φq, so before training ``φq(q)·φk(k) = φ(q)·φ(k)`` is a symmetric
+    positive-semidefinite similarity that grows with the alignment of q and k (positively correlated
+    with q·k); distillation then moves the two maps apart.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, config: FeatureMapConfig | None = None):
+        super().__init__()
+        self.phi_q = HeadwiseFeatureMap(num_heads, head_dim, config)
+        self.phi_k = HeadwiseFeatureMap(num_heads, head_dim, config)
+        self.phi_k.load_state_dict(self.phi_q.state_dict())
+
+    @property
+    def config(self) -> FeatureMapConfig:
+        """The shared :class:`FeatureMapConfig`."""
+        return self.phi_q.config
+
+
+def feature_map_parameter_count(num_heads: int, head_dim: int, config: FeatureMapConfig) -> int:
+    """Parameters of one φq/φk pair (one converted block), computed from the shapes alone."""
+    hidden, out = config.hidden_dim, config.feature_dim
+    per_map = num_heads * (head_dim * hidden + hidden + hidden * out + out)
+    return 2 * per_map

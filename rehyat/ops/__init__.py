@@ -1,0 +1,89 @@
+"""ReHyAt attention op: one public entry, three forms with the same signature.
+
+- :func:`rehyat_attention_naive` — dense fp64 reference (tests only).
+- :func:`rehyat_attention_parallel` — chunked, O(N), differentiable: training and fast inference.
+- :func:`rehyat_attention_recurrent` / :func:`rehyat_step` — chunk-wise RNN with an explicit
+  :class:`RecurrentState`, memory independent of the number of frames (causal only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from .layout import MODES, Chunk, chunk_layout, validate_inputs
+from .naive import rehyat_attention_naive
+from .parallel import rehyat_attention_parallel
+from .recurrent import rehyat_attention_recurrent, rehyat_step
+from .state import RecurrentState
+
+__all__ = [
+    "MODES",
+    "Chunk",
+    "RecurrentState",
+    "chunk_layout",
+    "rehyat_attention",
+    "rehyat_attention_naive",
+    "rehyat_attention_parallel",
+    "rehyat_attention_recurrent",
+    "rehyat_step",
+    "validate_inputs",
+]
+
+_FORMS = {
+    "parallel": rehyat_attention_parallel,
+    "recurrent": rehyat_attention_recurrent,
+    "naive": rehyat_attention_naive,
+}
+
+
+def rehyat_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    phi_q: Callable[[Tensor], Tensor],
+    phi_k: Callable[[Tensor], Tensor],
+    tokens_per_frame: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool = True,
+    mode: str = "parallel",
+    scale: float | None = None,
+    initial_state: RecurrentState | None = None,
+    output_final_state: bool = False,
+) -> Tensor | tuple[Tensor, RecurrentState]:
+    """Recurrent hybrid attention over frame-major video tokens.
+
+    Frames are cut into chunks of ``chunk_frames`` (Tc) frames; chunk t = frames
+    ``[t·Tc, min((t+1)·Tc, T))``. Its queries attend with softmax to frames
+    ``[max(t·Tc − To, 0), min((t+1)·Tc, T))`` and with linear attention (feature maps φq, φk) to
+    frames ``[0, max(t·Tc − To, 0))`` (causal) or to every frame outside the softmax set
+    (non-causal). Output: ``y_i = (o_soft_i + φq(q_i)·S_i) / (1 + φq(q_i)·z_i)``, where ``o_soft`` is
+    the softmax part normalised with its own row-wise log-sum-exp (the paper's stabiliser c), and
+    ``S_i = Σ_{j∈L_i} φk(k_j) v_jᵀ``, ``z_i = Σ_{j∈L_i} φk(k_j)`` accumulate in fp32.
+
+    Args:
+        q, k, v: ``(B, H, N, d)``, ``N = T · tokens_per_frame``, same dtype and device.
+        phi_q, phi_k: callables mapping ``(B, H, n, d)`` to non-negative ``(B, H, n, d')``.
+        tokens_per_frame: P, tokens per latent frame (≥ 1).
+        chunk_frames: Tc ≥ 1. ``Tc ≥ T`` degenerates to full softmax attention.
+        overlap_frames: To ≥ 0 (``To ≥ Tc`` is allowed).
+        causal: see above; ``mode="recurrent"`` requires it.
+        mode: ``"parallel"`` (default), ``"recurrent"`` or ``"naive"``; all give the same numbers.
+        scale: softmax scale, default ``1/√d``.
+        initial_state: continue after frames summarised by this state (causal only).
+        output_final_state: also return the state after the last frame.
+
+    Returns:
+        ``(B, H, N, d)`` in the input dtype, or ``(output, RecurrentState)`` when
+        ``output_final_state``.
+    """
+    if mode not in _FORMS:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    return _FORMS[mode](
+        q, k, v, phi_q=phi_q, phi_k=phi_k, tokens_per_frame=tokens_per_frame,
+        chunk_frames=chunk_frames, overlap_frames=overlap_frames, causal=causal, scale=scale,
+        initial_state=initial_state, output_final_state=output_final_state,
+    )

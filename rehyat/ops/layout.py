@@ -1,0 +1,145 @@
+"""Chunk layout and argument validation shared by every form of the ReHyAt op.
+
+Frames are indexed in the *extended* sequence ``E = overlap frames of the initial state ++ new
+frames``; ``n_ov`` is the number of overlap frames (0 without an initial state). For new-frame
+chunk t (frames ``[t·Tc, min((t+1)·Tc, T))``):
+
+- softmax window in E:  ``[max(t·Tc − To + n_ov, 0), n_ov + min((t+1)·Tc, T))``
+- linear set (causal):   the state's S, z plus E frames ``[0, window start)``
+- linear set (non-causal, no state): every frame outside the window.
+
+Without an initial state this is exactly the pinned definition: softmax set
+``[max(t·Tc − To, 0), min((t+1)·Tc, T))``, linear set ``[0, max(t·Tc − To, 0))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .state import RecurrentState
+
+MODES = ("parallel", "recurrent", "naive")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One query chunk: new-frame range and its softmax window in the extended sequence."""
+
+    index: int
+    frame_start: int  # first new frame of the chunk
+    frame_end: int  # one past its last new frame
+    window_start: int  # first E frame of the softmax window
+    window_end: int  # one past the last E frame of the window
+
+
+def chunk_layout(num_frames: int, chunk_frames: int, overlap_frames: int, n_ov: int = 0) -> list[Chunk]:
+    """The chunks of ``num_frames`` new frames after ``n_ov`` overlap frames (see module doc)."""
+    chunks = []
+    for index, start in enumerate(range(0, num_frames, chunk_frames)):
+        end = min(start + chunk_frames, num_frames)
+        window_start = max(start - overlap_frames + n_ov, 0)
+        chunks.append(Chunk(index, start, end, window_start, n_ov + end))
+    return chunks
+
+
+def validate_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    tokens_per_frame: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool,
+    mode: str = "parallel",
+    initial_state: RecurrentState | None = None,
+    output_final_state: bool = False,
+) -> int:
+    """Check every argument of the op and return the number of frames T.
+
+    Raises:
+        ValueError / TypeError naming the offending parameter and the allowed range.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    for name, value, low in (
+        ("tokens_per_frame", tokens_per_frame, 1),
+        ("chunk_frames", chunk_frames, 1),
+        ("overlap_frames", overlap_frames, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool; got {causal!r}")
+    if mode == "recurrent" and not causal:
+        raise ValueError(
+            "mode='recurrent' requires causal=True: the non-causal variant attends to future "
+            "frames, which no recurrence can see; use mode='parallel' or causal=True"
+        )
+    if not causal and (initial_state is not None or output_final_state):
+        raise ValueError(
+            "initial_state / output_final_state need causal=True (a non-causal layer has no "
+            "recurrent state)"
+        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.ndim != 4:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor (B, H, N, d); got {shape}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k, v must have the same shape (B, H, N, d); got q{tuple(q.shape)}, "
+            f"k{tuple(k.shape)}, v{tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if not q.is_floating_point():
+        raise TypeError(f"q, k, v must be floating point; got {q.dtype}")
+    n = q.shape[2]
+    if n == 0 or n % tokens_per_frame:
+        raise ValueError(
+            f"sequence length N={n} must be a positive multiple of tokens_per_frame="
+            f"{tokens_per_frame} (tokens are frame-major: N = T · tokens_per_frame)"
+        )
+    if initial_state is not None:
+        _validate_state(initial_state, q, tokens_per_frame, overlap_frames)
+    return n // tokens_per_frame
+
+
+def _validate_state(state: RecurrentState, q: Tensor, tokens_per_frame: int, overlap_frames: int) -> None:
+    batch, heads, _, dim = q.shape
+    if not isinstance(state, RecurrentState):
+        raise TypeError(f"initial_state must be a RecurrentState; got {type(state).__name__}")
+    if state.kv.shape[:2] != (batch, heads) or state.kv.shape[3] != dim:
+        raise ValueError(
+            f"initial_state.kv has shape {tuple(state.kv.shape)}; expected ({batch}, {heads}, d', {dim})"
+        )
+    if state.k_sum.shape != state.kv.shape[:3]:
+        raise ValueError(
+            f"initial_state.k_sum has shape {tuple(state.k_sum.shape)}; expected {tuple(state.kv.shape[:3])}"
+        )
+    ov = state.k_overlap
+    if ov.shape != state.v_overlap.shape or ov.shape[:2] != (batch, heads) or ov.shape[3] != dim:
+        raise ValueError(
+            f"initial_state overlap K/V shapes {tuple(ov.shape)} / {tuple(state.v_overlap.shape)} "
+            f"do not match q {tuple(q.shape)}"
+        )
+    if ov.shape[2] % tokens_per_frame or ov.shape[2] // tokens_per_frame > overlap_frames:
+        raise ValueError(
+            f"initial_state holds {ov.shape[2]} overlap tokens; expected a multiple of "
+            f"tokens_per_frame={tokens_per_frame} covering at most overlap_frames={overlap_frames} frames"
+        )
+    if state.kv.device != q.device:
+        raise ValueError(f"initial_state is on {state.kv.device} but q is on {q.device}")
+
+
+def check_features(name: str, features: Tensor, like: Tensor) -> None:
+    """Check a feature map's output ``(B, H, n, d')`` against its input ``(B, H, n, d)``."""
+    if features.ndim != 4 or features.shape[:3] != like.shape[:3]:
+        raise ValueError(
+            f"{name} must map (B, H, n, d) to (B, H, n, d'); got {tuple(features.shape)} "
+            f"for input {tuple(like.shape)}"
+        )

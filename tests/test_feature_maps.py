@@ -1,0 +1,86 @@
+"""Feature maps: positivity for any input, parameter count, a sensible initial kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rehyat import FeatureMapConfig, FeatureMapPair, HeadwiseFeatureMap, HybridAttentionConfig
+from rehyat.feature_maps import feature_map_parameter_count
+
+
+def test_default_pair_has_paper_size_for_wan_1_3b():
+    pair = FeatureMapPair(12, 128)
+    count = sum(p.numel() for p in pair.parameters())
+    assert count == feature_map_parameter_count(12, 128, FeatureMapConfig())
+    assert 2.3e6 < count < 2.5e6  # paper: ≈2.4 M per converted block
+
+
+@pytest.mark.parametrize("magnitude", [1e-6, 1.0, 50.0, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kernel_strictly_positive_and_finite(magnitude, dtype):
+    torch.manual_seed(0)
+    pair = FeatureMapPair(2, 16, FeatureMapConfig(hidden_dim=32, feature_dim=16))
+    with torch.no_grad():  # adversarial weights: large and of both signs
+        for param in pair.parameters():
+            param.normal_(0.0, 3.0)
+    x = (torch.randn(2, 2, 64, 16) * magnitude).to(dtype)
+    fq, fk = pair.phi_q(x), pair.phi_k(-x)
+    assert fq.dtype == torch.float32 and fq.shape == (2, 2, 64, 16)
+    assert (fq > 0).all() and (fk > 0).all()
+    kernel = fq @ fk.transpose(-1, -2)
+    assert torch.isfinite(kernel).all() and (kernel > 0).all()
+
+
+def test_initial_kernel_is_sensible():
+    torch.manual_seed(0)
+    pair = FeatureMapPair(12, 128)
+    q, k = torch.randn(2, 1, 12, 256, 128)
+    with torch.no_grad():
+        kernel = pair.phi_q(q) @ pair.phi_k(k).transpose(-1, -2)  # (1, 12, 256, 256)
+    assert torch.isfinite(kernel).all() and (kernel > 0).all()
+    mean = float(kernel.mean())
+    assert 1e-4 < mean < 1e-2, mean  # the size of a softmax weight over ~10²–10⁴ keys
+    spread = float(kernel.std() / kernel.mean())
+    assert spread > 0.01, spread  # depends on the inputs, not a constant
+    logits = (q @ k.transpose(-1, -2)).flatten()
+    corr = float(torch.corrcoef(torch.stack([logits, kernel.flatten()]))[0, 1])
+    assert corr > 0.05, corr  # grows with q·k, like the softmax kernel it will be distilled to
+
+
+def test_polynomial_parts_follow_the_degree():
+    torch.manual_seed(0)
+    fmap = HeadwiseFeatureMap(1, 4, FeatureMapConfig(hidden_dim=8, feature_dim=6, degree=3))
+    x = torch.randn(1, 1, 5, 4)
+    hidden = torch.nn.functional.silu(x[0, 0] @ fmap.weight1[0] + fmap.bias1[0])
+    psi = torch.nn.functional.softplus(hidden @ fmap.weight2[0] + fmap.bias2[0]) + fmap.config.eps
+    expected = torch.cat([psi[:, :2], psi[:, 2:4] ** 2, psi[:, 4:] ** 3], dim=-1)
+    torch.testing.assert_close(fmap(x)[0, 0], expected)
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"feature_dim": 5}, "feature_dim must be a multiple of degree"),
+    ({"degree": 0}, "degree must be an integer in"),
+    ({"hidden_dim": 0}, "hidden_dim must be an integer ≥ 1"),
+    ({"activation": "tanh"}, "activation must be one of"),
+    ({"eps": 0.0}, r"eps must be in \(0, 1\]"),
+])
+def test_config_errors(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        FeatureMapConfig(**kwargs)
+
+
+def test_configs_round_trip_through_dicts():
+    cfg = HybridAttentionConfig(chunk_frames=5, overlap_frames=2, causal=False,
+                                feature_map=FeatureMapConfig(hidden_dim=64))
+    assert HybridAttentionConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown HybridAttentionConfig field"):
+        HybridAttentionConfig.from_dict({"chunk": 3})
+    with pytest.raises(ValueError, match="overlap_frames must be an integer ≥ 0"):
+        HybridAttentionConfig(overlap_frames=-1)
+
+
+def test_feature_map_rejects_wrong_input():
+    fmap = HeadwiseFeatureMap(2, 8)
+    with pytest.raises(ValueError, match=r"feature map expects \(B, 2, n, 8\)"):
+        fmap(torch.randn(1, 3, 4, 8))

@@ -1,0 +1,65 @@
+"""Bad input to the op gets a clear error that names the parameter and the allowed range."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rehyat import FeatureMapConfig, FeatureMapPair
+from rehyat.ops import RecurrentState, rehyat_attention, rehyat_step
+
+MAPS = FeatureMapPair(2, 8, FeatureMapConfig(hidden_dim=4, feature_dim=4))
+QKV = torch.randn(3, 1, 2, 12, 8)
+
+
+def call(q=None, k=None, v=None, **overrides):
+    q = QKV[0] if q is None else q
+    kw = dict(phi_q=MAPS.phi_q, phi_k=MAPS.phi_k, tokens_per_frame=3, chunk_frames=2, overlap_frames=1)
+    kw.update(overrides)
+    return rehyat_attention(q, QKV[1] if k is None else k, QKV[2] if v is None else v, **kw)
+
+
+@pytest.mark.parametrize(("overrides", "pattern"), [
+    ({"chunk_frames": 0}, r"chunk_frames must be an integer ≥ 1; got 0"),
+    ({"chunk_frames": 1.5}, r"chunk_frames must be an integer ≥ 1"),
+    ({"overlap_frames": -1}, r"overlap_frames must be an integer ≥ 0; got -1"),
+    ({"tokens_per_frame": 5}, r"N=12 must be a positive multiple of tokens_per_frame=5"),
+    ({"tokens_per_frame": 0}, r"tokens_per_frame must be an integer ≥ 1"),
+    ({"mode": "recurrent", "causal": False}, r"mode='recurrent' requires causal=True"),
+    ({"mode": "fast"}, r"mode must be one of \('parallel', 'recurrent', 'naive'\); got 'fast'"),
+    ({"causal": False, "output_final_state": True}, r"need causal=True"),
+])
+def test_bad_arguments(overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call(**overrides)
+
+
+def test_mismatched_shapes_dtypes_devices():
+    with pytest.raises(ValueError, match=r"q, k, v must have the same shape"):
+        call(k=QKV[1][:, :, :6])
+    with pytest.raises(TypeError, match=r"q, k, v must share a dtype"):
+        call(v=QKV[2].double())
+    with pytest.raises(ValueError, match=r"q must be a 4-D tensor \(B, H, N, d\); got \(2, 12, 8\)"):
+        call(q=QKV[0][0])
+    with pytest.raises(ValueError, match=r"must be on one device"):
+        call(k=QKV[1].to("meta"))
+
+
+def test_bad_state():
+    state = RecurrentState.empty(torch.randn(1, 3, 0, 8))
+    with pytest.raises(ValueError, match=r"initial_state.kv has shape"):
+        call(initial_state=state)
+    with pytest.raises(ValueError, match=r"initial_state holds 6 overlap tokens"):
+        call(initial_state=RecurrentState(
+            kv=torch.zeros(1, 2, 0, 8), k_sum=torch.zeros(1, 2, 0),
+            k_overlap=torch.zeros(1, 2, 6, 8), v_overlap=torch.zeros(1, 2, 6, 8), frames_seen=2))
+    with pytest.raises(KeyError, match=r"recurrent state entries missing"):
+        RecurrentState.from_tensors({"kv": torch.zeros(1)})
+
+
+def test_feature_map_with_wrong_output_shape():
+    with pytest.raises(ValueError, match=r"phi_q must map \(B, H, n, d\) to \(B, H, n, d'\)"):
+        call(phi_q=lambda x: x[:, :, :1])
+    with pytest.raises(ValueError, match=r"overlap_frames must be an integer ≥ 0; got -2"):
+        rehyat_step(QKV[0], QKV[1], QKV[2], RecurrentState.empty(QKV[1]), phi_q=MAPS.phi_q,
+                    phi_k=MAPS.phi_k, tokens_per_frame=3, overlap_frames=-2)
