@@ -111,3 +111,76 @@ def _require_int(name: str, value: Any, *, low: int, high: int | None = None) ->
     if not ok:
         allowed = f"an integer ≥ {low}" if high is None else f"an integer in [{low}, {high}]"
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
+
+
+Placement = Literal["first", "last", "even"]
+PLACEMENTS: tuple[str, ...] = ("first", "last", "even")
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """Which self-attention blocks of a DiT become ReHyAt, and how.
+
+    Either ``blocks`` (explicit indices) or ``num_blocks`` + ``placement`` chooses them; with
+    neither, every block is converted. The paper converts 15, 20 or 25 of Wan2.1-1.3B's 30 blocks.
+
+    Attributes:
+        num_blocks: how many blocks to convert (None: all, unless ``blocks`` is given).
+        placement: "first", "last" or "even" (evenly spaced, always including the last block).
+        blocks: explicit block indices (overrides num_blocks / placement).
+        attention: chunking, causality and φ shape shared by all converted blocks.
+    """
+
+    num_blocks: int | None = None
+    placement: Placement = "last"
+    blocks: tuple[int, ...] | None = None
+    attention: HybridAttentionConfig = field(default_factory=HybridAttentionConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_blocks is not None:
+            _require_int("num_blocks", self.num_blocks, low=0)
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}; got {self.placement!r}")
+        if self.blocks is not None:
+            blocks = tuple(self.blocks)
+            for b in blocks:
+                _require_int("blocks[i]", b, low=0)
+            if len(set(blocks)) != len(blocks):
+                raise ValueError(f"blocks must not repeat an index; got {list(blocks)}")
+            object.__setattr__(self, "blocks", tuple(sorted(blocks)))
+        if isinstance(self.attention, dict):
+            object.__setattr__(self, "attention", HybridAttentionConfig.from_dict(self.attention))
+
+    def resolve_blocks(self, total_blocks: int) -> tuple[int, ...]:
+        """The converted block indices for a model with ``total_blocks`` blocks."""
+        _require_int("total_blocks", total_blocks, low=1)
+        if self.blocks is not None:
+            bad = [b for b in self.blocks if b >= total_blocks]
+            if bad:
+                raise ValueError(f"blocks {bad} out of range: the model has blocks 0..{total_blocks - 1}")
+            return self.blocks
+        count = total_blocks if self.num_blocks is None else self.num_blocks
+        if count > total_blocks:
+            raise ValueError(f"num_blocks must be in [0, {total_blocks}] for this model; got {count}")
+        if count == 0:
+            return ()
+        if self.placement == "first":
+            return tuple(range(count))
+        if self.placement == "last":
+            return tuple(range(total_blocks - count, total_blocks))
+        step = total_blocks / count  # evenly spaced, ending at the last block
+        return tuple(sorted({total_blocks - 1 - int(i * step) for i in range(count)}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        data = asdict(self)
+        data["blocks"] = list(self.blocks) if self.blocks is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConversionConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        data = _known_fields(cls, data)
+        if data.get("blocks") is not None:
+            data["blocks"] = tuple(data["blocks"])
+        return cls(**data)

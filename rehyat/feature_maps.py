@@ -81,13 +81,36 @@ class HeadwiseFeatureMap(nn.Module):
             )
         batch, heads, n, dim = x.shape
         xh = x.to(self.weight1.dtype).transpose(0, 1).reshape(heads, batch * n, dim)  # (H, B·n, d)
-        hidden = torch.baddbmm(self.bias1, xh, self.weight1)  # (H, B·n, h)
-        hidden = _ACTIVATIONS[self.config.activation](hidden)
-        pre = torch.baddbmm(self.bias2, hidden, self.weight2)  # (H, B·n, d')
-        pre = pre.to(torch.promote_types(pre.dtype, torch.float32))  # ≥ fp32 from here on
-        psi = F.softplus(pre) + self.config.eps
-        features = _polynomial_parts(psi, self.config.degree)
+        if torch.is_grad_enabled():
+            features = self._features(xh)
+        else:
+            features = self._features_inplace(xh)
         return features.reshape(heads, batch, n, -1).transpose(0, 1)  # (B, H, n, d')
+
+    def _features(self, xh: Tensor) -> Tensor:
+        """Differentiable path: ``(H, m, d) -> (H, m, d')``."""
+        hidden = _ACTIVATIONS[self.config.activation](torch.baddbmm(self.bias1, xh, self.weight1))
+        pre = torch.baddbmm(self.bias2, hidden, self.weight2)  # (H, m, d')
+        psi = F.softplus(pre.to(_at_least_fp32(pre.dtype))) + self.config.eps
+        return _polynomial_parts(psi, self.config.degree)
+
+    def _features_inplace(self, xh: Tensor) -> Tensor:
+        """Inference path: same numbers, every element-wise step in the matmul's output buffer.
+
+        Large fresh allocations cost page faults on CPU, so this path allocates two buffers
+        (hidden and output) instead of six.
+        """
+        hidden = torch.baddbmm(self.bias1, xh, self.weight1)  # (H, m, h)
+        hidden = _activation_inplace(self.config.activation, hidden)
+        pre = torch.baddbmm(self.bias2, hidden, self.weight2)  # (H, m, d')
+        del hidden
+        pre = pre.to(_at_least_fp32(pre.dtype))
+        torch.logaddexp(pre, pre.new_zeros(()), out=pre)  # softplus, in place
+        pre.add_(self.config.eps)
+        for power, part in enumerate(pre.chunk(self.config.degree, dim=-1), start=1):
+            if power > 1:
+                part.pow_(power)
+        return pre
 
     def extra_repr(self) -> str:
         cfg = self.config
@@ -95,6 +118,18 @@ class HeadwiseFeatureMap(nn.Module):
             f"heads={self.num_heads}, head_dim={self.head_dim}, hidden={cfg.hidden_dim}, "
             f"features={cfg.feature_dim}, degree={cfg.degree}, activation={cfg.activation}"
         )
+
+
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _activation_inplace(name: str, x: Tensor) -> Tensor:
+    if name == "relu":
+        return x.relu_()
+    if name == "silu":
+        return F.silu(x, inplace=True)
+    return F.gelu(x)
 
 
 def _polynomial_parts(psi: Tensor, degree: int) -> Tensor:

@@ -12,7 +12,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .kernels import features, hybrid_output, softmax_window, split_state_matrix, state_matrix, values_with_ones
+from .kernels import (
+    features,
+    hybrid_output,
+    softmax_window,
+    split_state_matrix,
+    state_matrix,
+    values_with_ones,
+)
 from .layout import Chunk, chunk_layout, validate_inputs
 from .state import RecurrentState
 

@@ -10,7 +10,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .kernels import absorb, features, hybrid_output, softmax_window, split_state_matrix, state_matrix, take_overlap
+from .kernels import (
+    absorb,
+    features,
+    hybrid_output,
+    softmax_window,
+    split_state_matrix,
+    state_matrix,
+    take_overlap,
+)
 from .layout import chunk_layout, validate_inputs
 from .state import RecurrentState
 

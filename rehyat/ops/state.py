@@ -62,7 +62,9 @@ class RecurrentState:
         """Number of frames held in the overlap K/V buffer."""
         return self.k_overlap.shape[2] // tokens_per_frame
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RecurrentState:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RecurrentState:
         """Move to ``device``; ``dtype`` (if given) applies to the overlap K/V only (S, z stay fp32)."""
         return RecurrentState(
             kv=self.kv.to(device),

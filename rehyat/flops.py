@@ -1,0 +1,93 @@
+"""FLOP accounting: analytic counts for softmax and ReHyAt attention, and a flop-counter hook.
+
+``torch.utils.flop_counter`` has formulas for the CUDA SDPA kernels but none for the CPU flash
+kernel (``aten._scaled_dot_product_flash_attention_for_cpu``); :func:`register_cpu_flash_flop_formula`
+adds it (idempotent) so counted and analytic FLOPs can be compared on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils import flop_counter
+
+from .config import FeatureMapConfig
+from .ops.layout import chunk_layout
+
+_CPU_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+def register_cpu_flash_flop_formula() -> bool:
+    """Teach ``FlopCounterMode`` the CPU flash-attention kernel (forward and backward).
+
+    Returns True when a formula was added, False when torch already had one.
+    """
+    aten = torch.ops.aten
+    forward = getattr(aten, _CPU_FLASH)
+    backward = getattr(aten, _CPU_FLASH + "_backward")
+    if forward in flop_counter.flop_registry:
+        return False
+
+    @flop_counter.register_flop_formula(forward)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    if backward not in flop_counter.flop_registry:
+
+        @flop_counter.register_flop_formula(backward)
+        def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                      **kwargs) -> int:
+            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape,
+                                                         value_shape)
+
+    return True
+
+
+def softmax_attention_flops(batch: int, heads: int, tokens: int, head_dim: int) -> int:
+    """Forward FLOPs of full softmax attention: ``QKᵀ`` and ``AV``, 2 FLOPs per multiply-add."""
+    return 4 * batch * heads * tokens * tokens * head_dim
+
+
+@dataclass(frozen=True)
+class ReHyAtFlops:
+    """Forward FLOP breakdown of one ReHyAt attention call (multiply-adds × 2)."""
+
+    softmax: int
+    feature_maps: int
+    linear: int
+
+    @property
+    def total(self) -> int:
+        """All counted FLOPs."""
+        return self.softmax + self.feature_maps + self.linear
+
+
+def rehyat_attention_flops(
+    batch: int, heads: int, frames: int, tokens_per_frame: int, head_dim: int, *,
+    chunk_frames: int, overlap_frames: int, feature_map: FeatureMapConfig | None = None,
+    causal: bool = True,
+) -> ReHyAtFlops:
+    """Analytic forward FLOPs of the parallel / recurrent form (matmuls only, like the counter).
+
+    Feature maps run on the queries of chunks that have a linear set and on the keys that enter S;
+    the linear part is one ``φkᵀ[v, 1]`` per absorbed key and one ``φq·[S, z]`` per reading query.
+    """
+    fm = feature_map or FeatureMapConfig()
+    p, d, dp = tokens_per_frame, head_dim, fm.feature_dim
+    per_token_phi = 2 * (d * fm.hidden_dim + fm.hidden_dim * dp)
+    softmax = reading = 0
+    absorbed_frames = 0
+    for chunk in chunk_layout(frames, chunk_frames, overlap_frames):
+        n_q = (chunk.frame_end - chunk.frame_start) * p
+        softmax += 4 * n_q * (chunk.window_end - chunk.window_start) * p * d
+        has_linear = chunk.window_start > 0 or (not causal and chunk.window_end < frames)
+        reading += n_q if has_linear else 0
+        absorbed_frames = max(absorbed_frames, chunk.window_start)
+    if not causal and reading:
+        absorbed_frames = frames
+    absorbed = absorbed_frames * p
+    feature_maps = per_token_phi * (reading + absorbed)
+    linear = 2 * dp * (d + 1) * (reading + absorbed)
+    scale = batch * heads
+    return ReHyAtFlops(softmax * scale, feature_maps * scale, linear * scale)

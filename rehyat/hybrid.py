@@ -1,0 +1,105 @@
+"""Model-agnostic ReHyAt self-attention for one DiT block, and the per-forward run context.
+
+Model adapters (ComfyUI, diffusers) compute q, k, v with the model's own projections, norms and
+RoPE, then hand them to :class:`HybridAttention` together with a :class:`ReHyAtRun` that says
+how the current forward is laid out (frame grid) and whether it runs in parallel or chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .config import HybridAttentionConfig
+from .feature_maps import FeatureMapPair
+from .ops import RecurrentState, rehyat_attention, rehyat_step
+
+RunMode = Literal["parallel", "recurrent"]
+
+
+@dataclass(frozen=True)
+class FrameGrid:
+    """Token grid of one forward after patching: frames × height × width (frame-major tokens)."""
+
+    frames: int
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"FrameGrid.{name} must be an integer ≥ 1; got {value!r}")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """P = height · width."""
+        return self.height * self.width
+
+    @property
+    def tokens(self) -> int:
+        """N = frames · P."""
+        return self.frames * self.tokens_per_frame
+
+
+@dataclass
+class ReHyAtRun:
+    """What one model forward tells its hybrid attention layers.
+
+    Attributes:
+        grid: token grid of the tokens the layers receive in this call.
+        mode: "parallel" (all frames at once) or "recurrent" (this call holds one chunk; each layer
+            continues from its entry in ``states`` and writes the next one back).
+        states: per block index, the recurrent state after the previous chunks.
+    """
+
+    grid: FrameGrid
+    mode: RunMode = "parallel"
+    states: dict[int, RecurrentState] = field(default_factory=dict)
+
+
+class HybridAttention(nn.Module):
+    """ReHyAt attention of one block: its φq/φk and its chunking config.
+
+    Args:
+        num_heads, head_dim: the block's attention layout.
+        config: Tc, To, causal and φ shape.
+        block_index: the block's index in the model (key of its recurrent state).
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, config: HybridAttentionConfig, block_index: int):
+        super().__init__()
+        self.config = config
+        self.block_index = block_index
+        self.feature_maps = FeatureMapPair(num_heads, head_dim, config.feature_map)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, run: ReHyAtRun) -> Tensor:
+        """Attend ``q, k, v`` ``(B, H, N, d)`` laid out on ``run.grid``; returns ``(B, H, N, d)``."""
+        if q.shape[2] != run.grid.tokens:
+            raise ValueError(
+                f"block {self.block_index}: got {q.shape[2]} tokens but the frame grid "
+                f"{run.grid.frames}×{run.grid.height}×{run.grid.width} has {run.grid.tokens}"
+            )
+        self._follow_device(q.device)
+        cfg, maps, p = self.config, self.feature_maps, run.grid.tokens_per_frame
+        if run.mode == "parallel":
+            return rehyat_attention(
+                q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p,
+                chunk_frames=cfg.chunk_frames, overlap_frames=cfg.overlap_frames, causal=cfg.causal,
+            )
+        if not cfg.causal:
+            raise ValueError(f"block {self.block_index} is non-causal: it cannot run recurrently")
+        state = run.states.get(self.block_index)
+        out, run.states[self.block_index] = rehyat_step(
+            q, k, v, state if state is not None else RecurrentState.empty(k),
+            phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p, overlap_frames=cfg.overlap_frames,
+        )
+        return out
+
+    def _follow_device(self, device: torch.device) -> None:
+        """Keep φ on the activations' device (models are moved by their own loaders)."""
+        if self.feature_maps.phi_q.weight1.device != device:
+            self.feature_maps.to(device)

@@ -1,0 +1,1 @@
+"""Thin adapters from real model implementations (ComfyUI, diffusers) to the ReHyAt core."""

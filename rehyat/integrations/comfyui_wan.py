@@ -1,0 +1,244 @@
+"""ReHyAt for ComfyUI's Wan2.1 (``comfy.ldm.wan.model.WanModel`` inside a ``ModelPatcher``).
+
+Duck-typed on ComfyUI's objects — this module never imports ``comfy`` — so the core stays pure
+PyTorch. :func:`patch_comfy_wan` returns a patched *clone*; the incoming patcher and its model are
+never touched:
+
+- each chosen block's ``self_attn`` is swapped by an object patch (active only while the clone is
+  in use) for :class:`ComfyWanReHyAtSelfAttention`, which reuses the original q/k/v/o/norm modules
+  (same parameter objects, same attribute names, so LoRA keys still resolve) and the model module's
+  own RoPE function; cross-attention is never touched;
+- a ``diffusion_model`` wrapper (keyed ``"rehyat"``) reads the frame grid off the actual latent
+  (ComfyUI 0.3.75 passes none) and, in ``forward_mode="recurrent"``, runs the whole DiT chunk by
+  chunk through :func:`rehyat.recurrent_dit.run_chunked_forward`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConversionConfig
+from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
+
+DIFFUSION_MODEL_WRAPPER = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+WRAPPER_KEY = "rehyat"
+ATTACHMENT_KEY = "rehyat"
+RUN_KEY = "rehyat_run"  # transformer_options entry read by the attention layers
+ForwardMode = Literal["parallel", "recurrent"]
+FORWARD_MODES: tuple[str, ...] = ("parallel", "recurrent")
+_SELF_ATTN = "diffusion_model.blocks.{}.self_attn"
+_ROLES = ("q", "k", "v", "o", "norm_q", "norm_k")
+
+
+@dataclass(frozen=True)
+class ComfyReHyAtPatch:
+    """What :func:`patch_comfy_wan` attached to the clone (``clone.attachments["rehyat"]``)."""
+
+    config: ConversionConfig
+    blocks: tuple[int, ...]
+    hybrid: Mapping[int, HybridAttention]
+    forward_mode: ForwardMode
+
+
+class ComfyWanReHyAtSelfAttention(nn.Module):
+    """Drop-in for ComfyUI's ``WanSelfAttention.forward(x, freqs, transformer_options)``.
+
+    Computes q, k, v with the original block's modules and RoPE, then ReHyAt attention on the
+    frame grid found in ``transformer_options["rehyat_run"]``.
+    """
+
+    def __init__(self, original: nn.Module, hybrid: HybridAttention):
+        super().__init__()
+        for role in _ROLES:  # shared modules: identical parameters, LoRA keys keep resolving
+            setattr(self, role, getattr(original, role))
+        self.num_heads: int = original.num_heads
+        self.head_dim: int = original.head_dim
+        self.hybrid = hybrid
+        self._apply_rope = _model_rope_function(original)
+
+    def forward(self, x: Tensor, freqs: Tensor, transformer_options: dict | None = None) -> Tensor:
+        """``x`` ``(B, L, C)`` → ``(B, L, C)``, like the module it replaces."""
+        run = _run_from_options(transformer_options or {}, x.shape[1], self.hybrid.block_index)
+        b, s, n, d = x.shape[0], x.shape[1], self.num_heads, self.head_dim
+        q = self._apply_rope(self.norm_q(self.q(x)).view(b, s, n, d), freqs)  # (B, L, H, d)
+        k = self._apply_rope(self.norm_k(self.k(x)).view(b, s, n, d), freqs)
+        v = self.v(x).view(b, s, n, d)
+        out = self.hybrid(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), run)  # (B, H, L, d)
+        return self.o(out.transpose(1, 2).reshape(b, s, n * d))
+
+
+def patch_comfy_wan(
+    model_patcher: Any,
+    config: ConversionConfig | None = None,
+    hybrid: Mapping[int, HybridAttention] | None = None,
+    *,
+    forward_mode: ForwardMode = "parallel",
+) -> Any:
+    """Return a clone of ``model_patcher`` whose chosen Wan blocks use ReHyAt self-attention.
+
+    Args:
+        model_patcher: a ComfyUI ``ModelPatcher`` holding a Wan2.1 ``WanModel`` (never modified).
+        config: which blocks and how; defaults to :class:`ConversionConfig` defaults.
+        hybrid: trained φ per block (e.g. from a φ weight file); fresh φ when None.
+        forward_mode: "parallel" (all frames at once; works with softmax blocks present) or
+            "recurrent" (chunk by chunk, constant memory; needs every block converted and causal).
+    """
+    if forward_mode not in FORWARD_MODES:
+        raise ValueError(f"forward_mode must be one of {FORWARD_MODES}; got {forward_mode!r}")
+    config = config or ConversionConfig()
+    wan = model_patcher.get_model_object("diffusion_model")
+    if not hasattr(wan, "blocks") or not hasattr(wan, "rope_encode"):
+        raise TypeError(f"patch_comfy_wan needs a ComfyUI Wan model; got {type(wan).__name__}")
+    existing = getattr(model_patcher, "attachments", {}).get(ATTACHMENT_KEY)
+    if existing is not None:
+        raise ValueError("this model is already ReHyAt-patched: patch the original model instead")
+    blocks = config.resolve_blocks(len(wan.blocks))
+    if forward_mode == "recurrent":
+        check_recurrent_capable(blocks, len(wan.blocks), config.attention.causal)
+    hybrid = dict(hybrid) if hybrid is not None else build_hybrid_modules(wan, config, blocks)
+    if sorted(hybrid) != list(blocks):
+        raise ValueError(f"φ modules cover blocks {sorted(hybrid)} but the config converts {list(blocks)}")
+
+    clone = model_patcher.clone()
+    for index in blocks:
+        original = model_patcher.get_model_object(_SELF_ATTN.format(index))
+        clone.add_object_patch(_SELF_ATTN.format(index), ComfyWanReHyAtSelfAttention(original, hybrid[index]))
+    patch = ComfyReHyAtPatch(config, blocks, hybrid, forward_mode)
+    clone.add_wrapper_with_key(DIFFUSION_MODEL_WRAPPER, WRAPPER_KEY, _make_wrapper(patch))
+    clone.attachments[ATTACHMENT_KEY] = patch
+    return clone
+
+
+def build_hybrid_modules(
+    wan: nn.Module, config: ConversionConfig, blocks: tuple[int, ...]
+) -> dict[int, HybridAttention]:
+    """Fresh (untrained) φ for ``blocks`` of a ComfyUI Wan model, fp32 on the model's device."""
+    attn = wan.blocks[0].self_attn
+    device = next(wan.parameters()).device
+    return {
+        i: HybridAttention(attn.num_heads, attn.head_dim, config.attention, i).to(device) for i in blocks
+    }
+
+
+def comfy_patch_info(model_patcher: Any) -> ComfyReHyAtPatch | None:
+    """The ReHyAt patch of a patched clone (None for an unpatched model)."""
+    return getattr(model_patcher, "attachments", {}).get(ATTACHMENT_KEY)
+
+
+def latent_grid(wan: nn.Module, latent: Tensor) -> FrameGrid:
+    """Token grid of a latent ``(B, C, T, H, W)`` after Wan's patching (padded like ComfyUI)."""
+    pt, ph, pw = wan.patch_size
+    t, h, w = latent.shape[2:]
+    return FrameGrid(math.ceil(t / pt), math.ceil(h / ph), math.ceil(w / pw))
+
+
+def _make_wrapper(patch: ComfyReHyAtPatch):
+    def rehyat_diffusion_model_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
+                                       transformer_options=None, **kwargs):
+        wan = executor.class_obj
+        if time_dim_concat is not None or kwargs.get("reference_latent") is not None:
+            raise ValueError("ReHyAt does not support time_dim_concat / reference_latent inputs yet")
+        options = dict(transformer_options or {})
+        grid = latent_grid(wan, x)
+        if patch.forward_mode == "recurrent":
+            return _chunked_forward(wan, patch, x, timestep, context, clip_fea, options, grid)
+        options[RUN_KEY] = ReHyAtRun(grid=grid)
+        return executor(x, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
+
+    return rehyat_diffusion_model_wrapper
+
+
+def _run_from_options(options: dict, tokens: int, block_index: int) -> ReHyAtRun:
+    run = options.get(RUN_KEY)
+    if run is None:
+        raise RuntimeError(
+            f"ReHyAt block {block_index} was called without its frame grid: run the model through "
+            "the patched ModelPatcher returned by patch_comfy_wan (its wrapper supplies the grid)"
+        )
+    return run
+
+
+def _model_rope_function(original: nn.Module):
+    """The RoPE function the Wan model module itself uses (``apply_rope1`` in ComfyUI ≥ 0.3.75)."""
+    module = sys.modules.get(type(original).__module__)
+    fn = getattr(module, "apply_rope1", None)
+    if fn is None:
+        raise TypeError(
+            f"cannot find apply_rope1 next to {type(original).__qualname__}: unsupported ComfyUI version"
+        )
+    return fn
+
+
+class _ComfyWanChunks:
+    """:class:`rehyat.recurrent_dit.ChunkedDiT` over a ComfyUI ``WanModel`` (mirrors ``forward_orig``)."""
+
+    def __init__(self, wan: nn.Module, x: Tensor, timestep: Tensor, context: Tensor, clip_fea: Tensor | None,
+                 options: dict, grid: FrameGrid):
+        if timestep.ndim != 1:
+            raise ValueError("the recurrent forward needs one timestep per batch item (shape (B,))")
+        self.wan, self.options, self.grid = wan, options, grid
+        self.latent_hw = x.shape[3:]
+        self.x = _pad_to_patch(x, wan.patch_size)  # (B, C, T, H, W) — the latent is small
+        self.rope_scale_t = (options.get("rope_options") or {}).get("scale_t", 1.0)
+        e = wan.time_embedding(_sinusoidal(wan.freq_dim, timestep.flatten()).to(dtype=x.dtype))
+        self.e = e.reshape(timestep.shape[0], -1, e.shape[-1])  # (B, 1, C)
+        self.e0 = wan.time_projection(self.e).unflatten(2, (6, wan.dim))  # (B, 1, 6, C)
+        context = wan.text_embedding(context)
+        self.context_img_len = None
+        if clip_fea is not None:
+            if wan.img_emb is not None:
+                context = torch.concat([wan.img_emb(clip_fea), context], dim=1)
+            self.context_img_len = clip_fea.shape[-2]
+        self.context = context
+
+    def embed(self, f0: int, f1: int) -> Tensor:
+        x = self.x[:, :, f0:f1]
+        x = self.wan.patch_embedding(x.float()).to(x.dtype)  # (B, C, n, H', W')
+        return x.flatten(2).transpose(1, 2)  # (B, n·P, C)
+
+    def run_block(self, index: int, tokens: Tensor, f0: int, f1: int, run: ReHyAtRun) -> Tensor:
+        h, w = self.latent_hw
+        freqs = self.wan.rope_encode(f1 - f0, h, w, t_start=f0 * self.rope_scale_t, device=tokens.device,
+                                     dtype=tokens.dtype, transformer_options=self.options)
+        options = {**self.options, RUN_KEY: run}
+        return self.wan.blocks[index](tokens, e=self.e0, freqs=freqs, context=self.context,
+                                      context_img_len=self.context_img_len, transformer_options=options)
+
+    def finish_chunk(self, tokens: Tensor, f0: int, f1: int) -> Tensor:
+        out = self.wan.head(tokens, self.e)
+        return self.wan.unpatchify(out, (f1 - f0, self.grid.height, self.grid.width))  # (B, C, n, H, W)
+
+
+def _chunked_forward(wan, patch: ComfyReHyAtPatch, x, timestep, context, clip_fea, options, grid) -> Tensor:
+    if options.get("patches_replace", {}).get("dit"):
+        raise ValueError("the recurrent ReHyAt forward cannot run together with other DiT block patches")
+    chunks = _ComfyWanChunks(wan, x, timestep, context, clip_fea, options, grid)
+    outputs = run_chunked_forward(chunks, grid=grid, num_blocks=len(wan.blocks),
+                                  chunk_frames=patch.config.attention.chunk_frames)
+    t, h, w = x.shape[2:]
+    return torch.cat(outputs, dim=2)[:, :, :t, :h, :w]
+
+
+def _pad_to_patch(x: Tensor, patch_size: tuple[int, int, int]) -> Tensor:
+    """Circular-pad ``(B, C, T, H, W)`` up to multiples of the patch size, as ComfyUI's Wan does."""
+    pads = []
+    for size, patch in zip(reversed(x.shape[2:]), reversed(patch_size), strict=True):
+        pads += [0, (patch - size % patch) % patch]
+    return torch.nn.functional.pad(x, pads, mode="circular") if any(pads) else x
+
+
+def _sinusoidal(dim: int, position: Tensor) -> Tensor:
+    """Wan's 1-D sinusoidal timestep embedding ``(n,) -> (n, dim)`` (cos then sin, fp32)."""
+    half = dim // 2
+    position = position.to(torch.float32)
+    freqs = torch.pow(10000, -torch.arange(half, device=position.device).to(position).div(half))
+    sinusoid = torch.outer(position, freqs)
+    return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)

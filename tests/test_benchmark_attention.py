@@ -1,0 +1,96 @@
+"""Smoke test of ``benchmarks/attention.py --quick``: the report's shape and its FLOP accounting.
+
+No assertion is made on speed; this runs the tiny preset once in a subprocess (a few seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rehyat.config import FeatureMapConfig
+from rehyat.flops import rehyat_attention_flops, softmax_attention_flops
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "benchmarks" / "attention.py"
+CASES = ("softmax", "parallel", "recurrent")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The JSON report of one quick run (stdout), checked against the ``--out`` file."""
+    out = tmp_path_factory.mktemp("bench") / "attention.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == data
+    return data
+
+
+def test_report_has_all_sections(report: dict) -> None:
+    for key in ("config", "timing", "memory", "memory_method", "summary", "torch", "threads", "machine"):
+        assert key in report, key
+    cfg = report["config"]
+    assert (cfg["heads"], cfg["head_dim"], cfg["tokens_per_frame"]) == (4, 32, 16)
+    assert cfg["frames"] == [6, 9] and cfg["memory_frames"] == [6, 12]
+    assert [row["frames"] for row in report["timing"]] == [6, 9]
+    assert [row["frames"] for row in report["summary"]["timing"]] == [6, 9]
+
+
+def test_times_positive_and_metrics_consistent(report: dict) -> None:
+    for row in report["timing"]:
+        cases = row["cases"]
+        for case in CASES:
+            assert cases[case]["median_s"] > 0
+            assert all(t > 0 for t in cases[case]["times_s"])
+            assert cases[case]["gflops_per_s"] > 0
+        for form in ("parallel", "recurrent"):
+            speedup = cases["softmax"]["median_s"] / cases[form]["median_s"]
+            ratio = cases["softmax"]["counted_flops"] / cases[form]["counted_flops"]
+            assert row[f"speedup_{form}"] == pytest.approx(speedup)
+            assert row[f"flop_ratio_{form}"] == pytest.approx(ratio)
+            assert row[f"efficiency_{form}"] == pytest.approx(speedup / ratio)
+        assert row["meets_target"] == (row["efficiency"] >= 0.8)
+
+
+def test_counted_flops_match_analytic(report: dict) -> None:
+    cfg = report["config"]
+    fm = FeatureMapConfig.from_dict(cfg["feature_map"])
+    b, h, p, d = cfg["batch"], cfg["heads"], cfg["tokens_per_frame"], cfg["head_dim"]
+    for row in report["timing"]:
+        frames, cases = row["frames"], row["cases"]
+        # Softmax: exactly QKᵀ + AV.
+        assert cases["softmax"]["counted_flops"] == softmax_attention_flops(b, h, frames * p, d)
+        analytic = rehyat_attention_flops(
+            b, h, frames, p, d, chunk_frames=cfg["chunk_frames"],
+            overlap_frames=cfg["overlap_frames"], feature_map=fm,
+        )
+        for form in ("parallel", "recurrent"):
+            entry = cases[form]
+            assert entry["analytic_flops"] == analytic.total
+            # The softmax windows are counted exactly; φ's matmuls (baddbmm) and the linear part
+            # (bmm) carry the implementation's known extra work, which `predicted` adds exactly.
+            sdpa = entry["flops_by_op"]["aten._scaled_dot_product_flash_attention_for_cpu"]
+            assert sdpa == analytic.softmax
+            assert entry["counted_flops"] == entry["predicted_flops"]
+            assert analytic.total <= entry["counted_flops"] <= 1.25 * analytic.total
+
+
+def test_memory_entries(report: dict) -> None:
+    memory = report["memory"]
+    planned = {(case, frames) for case in CASES for frames in (6, 12)}
+    assert {(e["case"], e["frames"]) for e in memory} == planned
+    for entry in memory:
+        assert entry["working_mib"] >= 0
+        assert entry["peak_rss_mib"] >= entry["baseline_mib"] > 0
+        assert entry["tokens"] == entry["frames"] * 16
+    summary = report["summary"]
+    assert set(summary["memory"]) == set(CASES)
+    assert "recurrent_working_spread" in summary and "softmax_growth_factor" in summary
