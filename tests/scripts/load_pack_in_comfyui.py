@@ -15,8 +15,9 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True
 comfy.cli_args.args.use_pytorch_cross_attention = True
-import nodes  # noqa: E402  (ComfyUI's nodes.py)
 import torch  # noqa: E402
+
+import nodes  # noqa: E402  (ComfyUI's nodes.py)
 
 pack_dir, tests_dir = sys.argv[1], sys.argv[2]
 loaded = asyncio.run(nodes.load_custom_node(pack_dir))
