@@ -27,6 +27,14 @@ from torch import Tensor, nn
 from ..config import ConversionConfig
 from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun
 from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
+from ..weights import (
+    BaseModelInfo,
+    apply_phi_tensors,
+    check_compatible,
+    fingerprint_module,
+    load_phi_weights,
+    save_phi_weights,
+)
 
 DIFFUSION_MODEL_WRAPPER = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 WRAPPER_KEY = "rehyat"
@@ -106,6 +114,12 @@ def patch_comfy_wan(
     hybrid = dict(hybrid) if hybrid is not None else build_hybrid_modules(wan, config, blocks)
     if sorted(hybrid) != list(blocks):
         raise ValueError(f"φ modules cover blocks {sorted(hybrid)} but the config converts {list(blocks)}")
+    for index, module in hybrid.items():
+        if module.config != config.attention or module.block_index != index:
+            raise ValueError(
+                f"φ module of block {index} was built for {module.config} (block {module.block_index}) "
+                f"but the conversion uses {config.attention}"
+            )
 
     clone = model_patcher.clone()
     for index in blocks:
@@ -126,6 +140,37 @@ def build_hybrid_modules(
     return {
         i: HybridAttention(attn.num_heads, attn.head_dim, config.attention, i).to(device) for i in blocks
     }
+
+
+def comfy_base_info(model_patcher: Any) -> BaseModelInfo:
+    """Width, heads and depth of the Wan model inside ``model_patcher``."""
+    wan = model_patcher.get_model_object("diffusion_model")
+    return BaseModelInfo(dim=wan.dim, num_heads=wan.num_heads, num_layers=len(wan.blocks))
+
+
+def comfy_fingerprint(model_patcher: Any) -> list[float]:
+    """Fingerprint of the Wan model's self-attention weights (see :mod:`rehyat.weights`)."""
+    wan = model_patcher.get_model_object("diffusion_model")
+    return fingerprint_module(wan, "wan", num_layers=len(wan.blocks))
+
+
+def load_phi_for_comfy(model_patcher: Any, path) -> tuple[ConversionConfig, dict[int, HybridAttention]]:
+    """Read a φ file, check it fits this model (shape and fingerprint) and build its φ modules."""
+    phi = load_phi_weights(path)
+    check_compatible(phi, comfy_base_info(model_patcher), comfy_fingerprint(model_patcher))
+    wan = model_patcher.get_model_object("diffusion_model")
+    hybrid = build_hybrid_modules(wan, phi.config, phi.blocks)
+    apply_phi_tensors(hybrid, phi.tensors)
+    return phi.config, hybrid
+
+
+def save_phi_from_comfy(patched_clone: Any, path):
+    """Write the φ of a clone returned by :func:`patch_comfy_wan` to a φ file (atomically)."""
+    patch = comfy_patch_info(patched_clone)
+    if patch is None:
+        raise ValueError("this model is not ReHyAt-patched: nothing to save")
+    return save_phi_weights(path, patch.hybrid, patch.config, comfy_base_info(patched_clone),
+                            comfy_fingerprint(patched_clone))
 
 
 def comfy_patch_info(model_patcher: Any) -> ComfyReHyAtPatch | None:
