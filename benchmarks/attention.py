@@ -1,0 +1,573 @@
+"""Benchmark: full softmax attention vs ReHyAt (parallel and recurrent forms) on CPU.
+
+Shapes follow Wan2.1-1.3B: batch 1, 12 heads × 128, 600 tokens per latent frame (320×480 video),
+chunks of Tc=3 frames with To=1 overlap frame, the paper-sized feature maps (``FeatureMapPair(12,
+128)`` with the default :class:`~rehyat.config.FeatureMapConfig`), fp32, ``torch.inference_mode``.
+
+Two sweeps, one JSON document on stdout (progress goes to stderr):
+
+- **timing** (one process): per number of latent frames and per case, one FLOP-counted forward
+  (``torch.utils.flop_counter.FlopCounterMode``; it doubles as the warm-up) and the median wall time
+  of ``--repeats`` further forwards, run round-robin over the cases so that machine noise hits them
+  alike. Derived: speed-ups over softmax, FLOP ratios, and ``efficiency = speedup / flop_ratio`` —
+  the fraction of ReHyAt's FLOP saving that turns into wall-clock saving (target ≥ 0.8).
+- **memory** (one fresh subprocess per case and size): working memory beyond the inputs and the
+  output, from the peak resident set size (see :data:`MEMORY_METHOD`).
+
+FLOPs are reported three ways: ``counted`` (what the counter saw), ``analytic`` (the minimal count
+of :mod:`rehyat.flops`) and ``predicted`` — the analytic count plus the work the implementation does
+beyond the minimum (:func:`implementation_extra_flops`); ``predicted == counted`` exactly.
+
+Usage::
+
+    python benchmarks/attention.py --out /tmp/bench_attention.json
+    python benchmarks/attention.py --quick --repeats 1          # seconds-long smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+from rehyat.config import FeatureMapConfig  # noqa: E402
+from rehyat.feature_maps import FeatureMapPair  # noqa: E402
+from rehyat.flops import (  # noqa: E402
+    register_cpu_flash_flop_formula,
+    rehyat_attention_flops,
+    softmax_attention_flops,
+)
+from rehyat.ops import chunk_layout, rehyat_attention  # noqa: E402
+
+CASES = ("softmax", "parallel", "recurrent")
+REHYAT_CASES = ("parallel", "recurrent")
+EFFICIENCY_TARGET = 0.8
+MEMORY_SPREAD_TARGET = 0.10
+MIB = 1024 * 1024
+
+MEMORY_METHOD = (
+    "Each (case, frames) runs in a fresh subprocess under torch.inference_mode. The child builds "
+    "the feature maps, runs the op once on a tiny problem (same heads/width, 4 tokens per frame) so "
+    "that thread pools and kernels are initialised, allocates q, k, v and a dummy tensor the size "
+    "of the output with every page touched. It then resets the peak-RSS counter (writes 5 to "
+    "/proc/self/clear_refs, so VmHWM := current RSS) and takes baseline = VmHWM (inputs + an "
+    "output-sized buffer + library state), frees the dummy, runs the op once, and takes peak = VmHWM "
+    "from /proc/self/status. working_mib = peak - baseline: memory the op needs beyond its inputs and "
+    "its output (the output's pages are already counted in the baseline). VmHWM is a high-water "
+    "mark, so working_mib >= 0. Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's "
+    "peak RSS (inherited at exec), so it would report the benchmark parent's peak, not the child's; "
+    "ru_maxrss_mib is recorded for reference only."
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that defines one benchmark run (serialised into the JSON's ``config``)."""
+
+    batch: int = 1
+    heads: int = 12
+    head_dim: int = 128
+    tokens_per_frame: int = 600
+    chunk_frames: int = 3
+    overlap_frames: int = 1
+    feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
+    frames: tuple[int, ...] = (21, 31, 41)
+    memory_frames: tuple[int, ...] = (21, 41, 81, 161)
+    softmax_memory_max_frames: int = 81
+    repeats: int = 3
+    seed: int = 0
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["frames"] = list(self.frames)
+        data["memory_frames"] = list(self.memory_frames)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["feature_map"] = FeatureMapConfig.from_dict(data["feature_map"])
+        data["frames"] = tuple(data["frames"])
+        data["memory_frames"] = tuple(data["memory_frames"])
+        return cls(**data)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The tensor dtype of q, k, v."""
+        return getattr(torch, self.dtype)
+
+
+QUICK = {
+    "heads": 4, "head_dim": 32, "tokens_per_frame": 16, "frames": (6, 9),
+    "memory_frames": (6, 12), "feature_map": FeatureMapConfig(hidden_dim=32, feature_dim=32),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and cases
+# ---------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    """Progress line on stderr (stdout carries only the JSON)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def make_inputs(cfg: BenchConfig, frames: int, tokens_per_frame: int | None = None) -> tuple[Tensor, ...]:
+    """Seeded standard-normal ``q, k, v`` of shape ``(B, H, frames·P, d)``."""
+    p = tokens_per_frame or cfg.tokens_per_frame
+    gen = torch.Generator().manual_seed(cfg.seed + frames)
+    shape = (cfg.batch, cfg.heads, frames * p, cfg.head_dim)
+    return tuple(torch.randn(shape, generator=gen, dtype=cfg.torch_dtype) for _ in range(3))
+
+
+def make_feature_maps(cfg: BenchConfig) -> FeatureMapPair:
+    """The φq / φk pair at its default (seeded) initialisation, in eval mode."""
+    torch.manual_seed(cfg.seed)
+    return FeatureMapPair(cfg.heads, cfg.head_dim, cfg.feature_map).eval()
+
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def build_case(case: str, cfg: BenchConfig, maps: FeatureMapPair,
+               tokens_per_frame: int | None = None) -> AttentionFn:
+    """``fn(q, k, v) -> out`` for ``case`` in :data:`CASES`."""
+    if case == "softmax":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
+    if case not in REHYAT_CASES:
+        raise ValueError(f"case must be one of {CASES}; got {case!r}")
+    kwargs = dict(
+        phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=tokens_per_frame or cfg.tokens_per_frame,
+        chunk_frames=cfg.chunk_frames, overlap_frames=cfg.overlap_frames, causal=True, mode=case,
+    )
+    return lambda q, k, v: rehyat_attention(q, k, v, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def analytic_flops(case: str, cfg: BenchConfig, frames: int) -> int:
+    """Minimal forward FLOPs of ``case`` (matmuls, 2 per multiply-add) from :mod:`rehyat.flops`."""
+    if case == "softmax":
+        return softmax_attention_flops(cfg.batch, cfg.heads, frames * cfg.tokens_per_frame, cfg.head_dim)
+    return rehyat_attention_flops(
+        cfg.batch, cfg.heads, frames, cfg.tokens_per_frame, cfg.head_dim,
+        chunk_frames=cfg.chunk_frames, overlap_frames=cfg.overlap_frames, feature_map=cfg.feature_map,
+    ).total
+
+
+def implementation_extra_flops(case: str, cfg: BenchConfig, frames: int) -> int:
+    """Matmul FLOPs the current ``rehyat.ops`` code performs beyond :func:`analytic_flops`.
+
+    - parallel: φq runs on *every* query, also on those of chunks whose linear set is empty (the
+      first ⌈(To+1)/Tc⌉ chunk(s)), whose features are then never read.
+    - recurrent: each step absorbs every frame leaving the softmax window, so the last chunk's
+      frames (all but the final To) are absorbed into a state nobody reads (φk + ``φkᵀ[v, 1]``).
+    - softmax: none.
+    """
+    if case == "softmax":
+        return 0
+    fm, p, d = cfg.feature_map, cfg.tokens_per_frame, cfg.head_dim
+    per_token_phi = 2 * (d * fm.hidden_dim + fm.hidden_dim * fm.feature_dim)
+    per_token_absorb = 2 * fm.feature_dim * (d + 1)
+    chunks = chunk_layout(frames, cfg.chunk_frames, cfg.overlap_frames)
+    if case == "parallel":
+        idle_frames = sum(c.frame_end - c.frame_start for c in chunks if c.window_start == 0)
+        has_reader = any(c.window_start > 0 for c in chunks)
+        extra_tokens = idle_frames * p if has_reader else 0
+        return cfg.batch * cfg.heads * per_token_phi * extra_tokens
+    absorbed_minimal = max(c.window_start for c in chunks)
+    absorbed_recurrent = max(frames - cfg.overlap_frames, 0)
+    extra_tokens = (absorbed_recurrent - absorbed_minimal) * p
+    return cfg.batch * cfg.heads * (per_token_phi + per_token_absorb) * extra_tokens
+
+
+def count_flops(fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor) -> tuple[int, dict[str, int]]:
+    """Run ``fn`` once under ``FlopCounterMode``: total FLOPs and FLOPs per aten op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn(q, k, v)
+    del out
+    per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), per_op
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def time_once(fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor) -> float:
+    """Wall time in seconds of one forward (the output is freed before returning)."""
+    start = time.perf_counter()
+    out = fn(q, k, v)
+    elapsed = time.perf_counter() - start
+    del out
+    return elapsed
+
+
+def time_frames(cfg: BenchConfig, maps: FeatureMapPair, frames: int) -> dict[str, Any]:
+    """All cases at one size: counted forward (= warm-up), then ``repeats`` rounds of timings."""
+    q, k, v = make_inputs(cfg, frames)
+    fns = {case: build_case(case, cfg, maps) for case in CASES}
+    cases: dict[str, dict[str, Any]] = {}
+    for case, fn in fns.items():
+        log(f"frames={frames} {case}: FLOP-counted warm-up")
+        counted, per_op = count_flops(fn, q, k, v)
+        analytic = analytic_flops(case, cfg, frames)
+        cases[case] = {
+            "counted_flops": counted, "analytic_flops": analytic,
+            "predicted_flops": analytic + implementation_extra_flops(case, cfg, frames),
+            "flops_by_op": per_op, "times_s": [],
+        }
+    for round_ in range(cfg.repeats):
+        for case, fn in fns.items():
+            elapsed = time_once(fn, q, k, v)
+            cases[case]["times_s"].append(elapsed)
+            log(f"frames={frames} {case}: round {round_ + 1}/{cfg.repeats} {elapsed:.3f} s")
+    for entry in cases.values():
+        entry["median_s"] = statistics.median(entry["times_s"])
+        entry["gflops_per_s"] = entry["counted_flops"] / entry["median_s"] / 1e9
+    return {"frames": frames, "tokens": frames * cfg.tokens_per_frame, "cases": cases,
+            **derived_metrics(cases)}
+
+
+def derived_metrics(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Speed-ups, FLOP ratios and efficiencies of both ReHyAt forms against softmax."""
+    soft = cases["softmax"]
+    out: dict[str, Any] = {}
+    for form in REHYAT_CASES:
+        speedup = soft["median_s"] / cases[form]["median_s"]
+        ratio = soft["counted_flops"] / cases[form]["counted_flops"]
+        ratio_analytic = soft["analytic_flops"] / cases[form]["analytic_flops"]
+        out[f"speedup_{form}"] = speedup
+        out[f"flop_ratio_{form}"] = ratio
+        out[f"efficiency_{form}"] = speedup / ratio
+        out[f"flop_ratio_analytic_{form}"] = ratio_analytic
+        out[f"efficiency_analytic_{form}"] = speedup / ratio_analytic
+    out["flop_ratio"] = out["flop_ratio_parallel"]
+    out["efficiency"] = out["efficiency_parallel"]
+    out["meets_target"] = out["efficiency"] >= EFFICIENCY_TARGET
+    out["meets_target_recurrent"] = out["efficiency_recurrent"] >= EFFICIENCY_TARGET
+    return out
+
+
+def timing_sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """:func:`time_frames` for every size in ``cfg.frames``."""
+    register_cpu_flash_flop_formula()
+    maps = make_feature_maps(cfg)
+    with torch.inference_mode():
+        return [time_frames(cfg, maps, frames) for frames in cfg.frames]
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory sweep (one subprocess per measurement)
+# ---------------------------------------------------------------------------------------------
+
+
+def ru_maxrss_mib() -> float:
+    """``ru_maxrss`` of this process (KiB on Linux); includes the parent's peak, see MEMORY_METHOD."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mib(field_name: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` in MiB; None where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; False if the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS since the last :func:`reset_peak_rss` (VmHWM); ``ru_maxrss`` as a fallback."""
+    hwm = _proc_status_mib("VmHWM")
+    return hwm if hwm is not None else ru_maxrss_mib()
+
+
+def measure_memory(cfg: BenchConfig, case: str, frames: int) -> dict[str, Any]:
+    """The child's measurement (see :data:`MEMORY_METHOD`); call in a fresh process."""
+    maps = make_feature_maps(cfg)
+    with torch.inference_mode():
+        warm_p = min(cfg.tokens_per_frame, 4)
+        warm_frames = cfg.chunk_frames + cfg.overlap_frames + 1  # exercises the linear path
+        build_case(case, cfg, maps, warm_p)(*make_inputs(cfg, warm_frames, warm_p))
+        fn = build_case(case, cfg, maps)
+        q, k, v = make_inputs(cfg, frames)
+        dummy = torch.empty_like(q).fill_(1.0)  # output-sized, every page touched
+        reset = reset_peak_rss()
+        baseline = peak_rss_mib()
+        del dummy
+        start = time.perf_counter()
+        out = fn(q, k, v)
+        elapsed = time.perf_counter() - start
+        peak = peak_rss_mib()
+    tensor_mib = q.numel() * q.element_size() / MIB
+    del out
+    return {
+        "case": case, "frames": frames, "tokens": frames * cfg.tokens_per_frame,
+        "working_mib": peak - baseline, "peak_rss_mib": peak, "baseline_mib": baseline,
+        "input_mib": 3 * tensor_mib, "output_mib": tensor_mib, "time_s": elapsed,
+        "peak_source": "VmHWM" if reset and _proc_status_mib("VmHWM") is not None else "ru_maxrss",
+        "ru_maxrss_mib": ru_maxrss_mib(),
+    }
+
+
+def run_memory_child(cfg: BenchConfig, case: str, frames: int) -> dict[str, Any]:
+    """Run :func:`measure_memory` in a fresh interpreter and return its JSON result."""
+    request = json.dumps({"config": cfg.to_dict(), "case": case, "frames": frames})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", request]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {case}@{frames} failed ({proc.returncode}):\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_plan(cfg: BenchConfig) -> list[tuple[str, int]]:
+    """(case, frames) pairs to measure; softmax only up to ``softmax_memory_max_frames``."""
+    plan = []
+    for case in CASES:
+        for frames in cfg.memory_frames:
+            if case == "softmax" and frames > cfg.softmax_memory_max_frames:
+                continue
+            plan.append((case, frames))
+    return plan
+
+
+def memory_sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """One subprocess per (case, frames) of :func:`memory_plan`."""
+    results = []
+    for case, frames in memory_plan(cfg):
+        log(f"memory {case} frames={frames}: subprocess")
+        entry = run_memory_child(cfg, case, frames)
+        log(f"memory {case} frames={frames}: working {entry['working_mib']:.1f} MiB "
+            f"(peak {entry['peak_rss_mib']:.0f}, baseline {entry['baseline_mib']:.0f})")
+        results.append(entry)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, output, CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def relative_spread(values: Sequence[float]) -> float | None:
+    """``(max − min) / min``; None for fewer than two values or a non-positive minimum."""
+    if len(values) < 2 or min(values) <= 0:
+        return None
+    return (max(values) - min(values)) / min(values)
+
+
+def growth_factor(entries: Sequence[dict[str, Any]]) -> float | None:
+    """Working memory at the largest size over that at the smallest (None if undefined)."""
+    if len(entries) < 2:
+        return None
+    ordered = sorted(entries, key=lambda e: e["frames"])
+    first, last = ordered[0]["working_mib"], ordered[-1]["working_mib"]
+    return last / first if first > 0 else None
+
+
+def summarize(timing: list[dict[str, Any]], memory: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compact tables and pass/fail flags for the timing and memory targets."""
+    table = [
+        {
+            "frames": row["frames"], "tokens": row["tokens"],
+            **{f"t_{case}_s": row["cases"][case]["median_s"] for case in CASES},
+            **{f"gflops_per_s_{case}": row["cases"][case]["gflops_per_s"] for case in CASES},
+            **{key: row[key] for key in (
+                "speedup_parallel", "speedup_recurrent", "flop_ratio_parallel",
+                "flop_ratio_recurrent", "efficiency_parallel", "efficiency_recurrent",
+                "meets_target", "meets_target_recurrent",
+            )},
+        }
+        for row in timing
+    ]
+    by_case = {case: [e for e in memory if e["case"] == case] for case in CASES}
+    spread = relative_spread([e["working_mib"] for e in by_case["recurrent"]])
+    return {
+        "efficiency_target": EFFICIENCY_TARGET,
+        "timing": table,
+        "all_meet_efficiency_target": bool(table) and all(r["meets_target"] for r in table),
+        "memory": {
+            case: {e["frames"]: round(e["working_mib"], 1) for e in entries}
+            for case, entries in by_case.items()
+        },
+        "recurrent_working_spread": spread,
+        "recurrent_spread_target": MEMORY_SPREAD_TARGET,
+        "recurrent_memory_flat": spread is not None and spread <= MEMORY_SPREAD_TARGET,
+        "softmax_growth_factor": growth_factor(by_case["softmax"]),
+        "parallel_growth_factor": growth_factor(by_case["parallel"]),
+        "recurrent_growth_factor": growth_factor(by_case["recurrent"]),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were taken."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(), "machine": platform.machine(), "cpu_model": model,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def profile_case(cfg: BenchConfig, case: str, frames: int, top: int = 15) -> list[dict[str, Any]]:
+    """Top ``top`` ops by self CPU time of one warm ``case`` forward (``torch.profiler``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    maps = make_feature_maps(cfg)
+    fn = build_case(case, cfg, maps)
+    q, k, v = make_inputs(cfg, frames)
+    with torch.inference_mode():
+        del_out = fn(q, k, v)  # warm-up
+        del del_out
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fn(q, k, v)
+    events = sorted(prof.key_averages(group_by_input_shape=True),
+                    key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [
+        {"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3,
+         "self_pct": 100 * e.self_cpu_time_total / total, "input_shapes": str(e.input_shapes)}
+        for e in events[:top]
+    ]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """CLI; size options default to None so that ``--quick`` and explicit values can combine."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", help="timing sizes (latent frames)")
+    parser.add_argument("--memory-frames", type=int, nargs="+", help="memory sizes (latent frames)")
+    parser.add_argument("--softmax-memory-max-frames", type=int, help="largest softmax memory size")
+    parser.add_argument("--repeats", type=int, help="timed forwards per case (median reported)")
+    parser.add_argument("--tokens-per-frame", type=int, help="P, tokens per latent frame")
+    parser.add_argument("--heads", type=int, help="attention heads")
+    parser.add_argument("--head-dim", type=int, help="per-head width d")
+    parser.add_argument("--seed", type=int, help="seed of inputs and feature maps")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one parallel and one recurrent call at the first --frames")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Defaults (Wan2.1-1.3B or ``--quick``) overridden by explicit options."""
+    cfg = replace(BenchConfig(), **QUICK) if args.quick else BenchConfig()
+    overrides = {
+        "frames": tuple(args.frames) if args.frames else None,
+        "memory_frames": tuple(args.memory_frames) if args.memory_frames else None,
+        "softmax_memory_max_frames": args.softmax_memory_max_frames, "repeats": args.repeats,
+        "tokens_per_frame": args.tokens_per_frame, "heads": args.heads, "head_dim": args.head_dim,
+        "seed": args.seed,
+    }
+    cfg = replace(cfg, **{key: value for key, value in overrides.items() if value is not None})
+    if cfg.repeats < 1 or min(cfg.frames + cfg.memory_frames, default=1) < 1:
+        raise SystemExit("--repeats and every frame count must be ≥ 1")
+    return cfg
+
+
+def child_main(request: str) -> int:
+    """Entry of a memory subprocess: print one JSON line with :func:`measure_memory`'s result."""
+    spec = json.loads(request)
+    cfg = BenchConfig.from_dict(spec["config"])
+    print(json.dumps(measure_memory(cfg, spec["case"], int(spec["frames"]))), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected sweeps and print (and optionally write) the JSON report."""
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child)
+    cfg = config_from_args(args)
+    log(f"config: {json.dumps(cfg.to_dict())}")
+    timing = [] if args.skip_timing else timing_sweep(cfg)
+    memory = [] if args.skip_memory else memory_sweep(cfg)
+    report: dict[str, Any] = {
+        "config": {**cfg.to_dict(), "grad_mode": "inference_mode", "causal": True,
+                   "warmup": "the FLOP-counted forward of each case is its warm-up"},
+        "timing": timing,
+        "memory": memory,
+        "memory_method": MEMORY_METHOD,
+        "summary": summarize(timing, memory),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": machine_info(),
+    }
+    if args.profile and cfg.frames:
+        report["profile"] = {
+            "frames": cfg.frames[0],
+            **{case: profile_case(cfg, case, cfg.frames[0]) for case in REHYAT_CASES},
+        }
+    text = json.dumps(report, indent=2)
+    print(text, flush=True)
+    if args.out:
+        write_json_atomic(args.out, report)
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
