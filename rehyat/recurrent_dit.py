@@ -7,6 +7,8 @@ state. The result equals the parallel causal forward to rounding; peak memory is
 activations plus the states, independent of the number of frames.
 
 Model adapters implement :class:`ChunkedDiT`; :func:`run_chunked_forward` is the one loop.
+Inference only: the states are updated in place as blocks run, so gradient checkpointing (which
+re-runs blocks) must not be used with it — train with the parallel form.
 """
 
 from __future__ import annotations
