@@ -187,3 +187,17 @@ def test_patching_twice_is_refused(patcher):
     clone = patch_comfy_wan(patcher, conversion())
     with pytest.raises(ValueError, match="already ReHyAt-patched"):
         patch_comfy_wan(clone, conversion())
+
+
+@torch.inference_mode()
+def test_other_block_patches_are_refused_not_skipped(comfy, patcher, inputs):
+    latent, context = inputs
+    config = conversion()
+    recurrent = patch_comfy_wan(patcher, config, forward_mode="recurrent")
+    recurrent.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 0)
+    with pytest.raises(ValueError, match="cannot run together with other DiT block patches"):
+        sample(comfy, recurrent, latent, context, steps=1)
+    parallel = patch_comfy_wan(patcher, config)
+    parallel.set_model_attn1_patch(lambda q, k, v, extra_options: (q, k, v))
+    with pytest.raises(ValueError, match="attn1_patch"):
+        sample(comfy, parallel, latent, context, steps=1)

@@ -74,7 +74,13 @@ class ComfyWanReHyAtSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, freqs: Tensor, transformer_options: dict | None = None) -> Tensor:
         """``x`` ``(B, L, C)`` → ``(B, L, C)``, like the module it replaces."""
-        run = _run_from_options(transformer_options or {}, x.shape[1], self.hybrid.block_index)
+        options = transformer_options or {}
+        run = _run_from_options(options, x.shape[1], self.hybrid.block_index)
+        if options.get("patches", {}).get("attn1_patch"):
+            raise ValueError(
+                f"block {self.hybrid.block_index}: another node installed an attn1_patch on this model; "
+                "ReHyAt replaces self-attention and cannot apply it — remove that patch or this block"
+            )
         b, s, n, d = x.shape[0], x.shape[1], self.num_heads, self.head_dim
         q = self._apply_rope(self.norm_q(self.q(x)).view(b, s, n, d), freqs)  # (B, L, H, d)
         k = self._apply_rope(self.norm_k(self.k(x)).view(b, s, n, d), freqs)
@@ -263,8 +269,11 @@ class _ComfyWanChunks:
 
 
 def _chunked_forward(wan, patch: ComfyReHyAtPatch, x, timestep, context, clip_fea, options, grid) -> Tensor:
-    if options.get("patches_replace", {}).get("dit"):
-        raise ValueError("the recurrent ReHyAt forward cannot run together with other DiT block patches")
+    if options.get("patches_replace", {}).get("dit") or options.get("patches", {}).get("double_block"):
+        raise ValueError(
+            "the recurrent ReHyAt forward cannot run together with other DiT block patches "
+            "(patches_replace['dit'] / patches['double_block']): use forward_mode='parallel'"
+        )
     chunks = _ComfyWanChunks(wan, x, timestep, context, clip_fea, options, grid)
     outputs = run_chunked_forward(chunks, grid=grid, num_blocks=len(wan.blocks),
                                   chunk_frames=patch.config.attention.chunk_frames)
