@@ -194,7 +194,8 @@ def test_other_block_patches_are_refused_not_skipped(comfy, patcher, inputs):
     latent, context = inputs
     config = conversion()
     recurrent = patch_comfy_wan(patcher, config, forward_mode="recurrent")
-    recurrent.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 0)
+    passthrough = lambda args, extra: extra["original_block"](args)  # noqa: E731
+    recurrent.set_model_patch_replace(passthrough, "dit", "double_block", 0)
     with pytest.raises(ValueError, match="cannot run together with other DiT block patches"):
         sample(comfy, recurrent, latent, context, steps=1)
     parallel = patch_comfy_wan(patcher, config)
