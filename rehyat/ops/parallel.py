@@ -1,8 +1,9 @@
 """Parallel (chunked) form of ReHyAt attention: O(N) time, no N×N tensor, differentiable.
 
-Feature maps run once over all tokens; the linear part comes from per-frame sums
-``Σ_{j∈frame} φk(k_j) [v_j, 1]ᵀ`` and their prefix (and, non-causal, suffix) sums over frames; the
-softmax part runs the device's fused SDPA kernel once per chunk over its window.
+The linear part comes from segment sums ``Σ_j φk(k_j) [v_j, 1]ᵀ`` between consecutive window
+bounds and their prefix (and, non-causal, suffix) sums; queries read them chunk by chunk, and the
+softmax part runs the device's fused SDPA kernel once per chunk over its window. Temporaries are
+chunk-sized; everything is differentiable and the state is never mutated in place.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import torch
 from torch import Tensor
 
 from .kernels import (
+    absorb,
     features,
     hybrid_output,
     softmax_window,
     split_state_matrix,
     state_matrix,
-    values_with_ones,
 )
 from .layout import Chunk, chunk_layout, validate_inputs
 from .state import RecurrentState
@@ -61,7 +62,6 @@ def rehyat_attention_parallel(
         k_ext, v_ext, phi_k, p, chunks, causal, start_sz,
         extra_prefix=final_cut if output_final_state else None,
     )
-    fq = features(phi_q, q, "phi_q") if linear.any_for_queries else None  # (B, H, N, d')
 
     out = q.new_empty(q.shape)  # (B, H, N, d)
     for chunk in chunks:
@@ -69,14 +69,18 @@ def rehyat_attention_parallel(
         window = slice(chunk.window_start * p, chunk.window_end * p)
         o = softmax_window(q[:, :, rows], k_ext[:, :, window], v_ext[:, :, window], scale)
         sz = linear.for_chunk(chunk)
-        out[:, :, rows] = o if sz is None else hybrid_output(o, fq[:, :, rows], sz)
+        out[:, :, rows] = o if sz is None else hybrid_output(o, features(phi_q, q[:, :, rows], "phi_q"), sz)
     if not output_final_state:
         return out
     return out, _final_state(linear.prefix_at(final_cut), k_ext, v_ext, final_cut * p, state, num_frames)
 
 
 class _LinearSets:
-    """Prefix / suffix sums of ``φk(k)[v, 1]ᵀ`` over frames, read at chunk window bounds."""
+    """Prefix / suffix sums of ``φk(k)[v, 1]ᵀ`` over frames, read at chunk window bounds.
+
+    Keys are absorbed segment by segment (between consecutive window bounds), so temporaries are
+    chunk-sized whatever the sequence length; only one ``(B, H, d', d+1)`` sum per bound is kept.
+    """
 
     def __init__(
         self, k_ext: Tensor, v_ext: Tensor, phi_k: FeatureMap, p: int, chunks: list[Chunk],
@@ -85,27 +89,29 @@ class _LinearSets:
         self.causal = causal
         self.start_sz = start_sz
         total_frames = k_ext.shape[2] // p
-        starts = [c.window_start for c in chunks] + ([extra_prefix] if extra_prefix else [])
-        ends = [] if causal else [c.window_end for c in chunks if c.window_end < total_frames]
+        starts = {c.window_start for c in chunks} | ({extra_prefix} if extra_prefix else set())
+        ends = set() if causal else {c.window_end for c in chunks if c.window_end < total_frames}
         self.any_for_queries = start_sz is not None or any(c.window_start > 0 for c in chunks) or bool(ends)
-        needed = total_frames if ends else max(starts, default=0)
-        self.prefix = self.suffix = None
-        if needed == 0:
-            return
-        batch, heads, _, dim = k_ext.shape
-        fk = features(phi_k, k_ext[:, :, : needed * p], "phi_k")  # (B, H, F·P, d')
-        fk = fk.reshape(batch, heads, needed, p, -1)  # (B, H, F, P, d')
-        va = values_with_ones(v_ext[:, :, : needed * p]).reshape(batch, heads, needed, p, dim + 1)
-        per_frame = fk.transpose(-1, -2) @ va  # (B, H, F, d', d+1)
-        zero = per_frame.new_zeros(per_frame[:, :, :1].shape)
-        # prefix[f] = Σ_{frames < f}; suffix[f] = Σ_{frames ≥ f}  — both (B, H, F+1, d', d+1)
-        self.prefix = torch.cat([zero, per_frame.cumsum(2)], dim=2)
+        bounds = sorted({0} | starts | ends | ({total_frames} if ends else set()))
+        segments = [  # (B, H, d', d+1) per segment [a, b) of frames
+            absorb(phi_k, k_ext[:, :, a * p:b * p], v_ext[:, :, a * p:b * p])
+            for a, b in zip(bounds, bounds[1:], strict=False)
+        ]
+        self.prefix: dict[int, Tensor] = {}
+        running = None
+        for bound, segment in zip(bounds[1:], segments, strict=True):
+            running = segment if running is None else running + segment
+            self.prefix[bound] = running
+        self.suffix: dict[int, Tensor] = {}
         if ends:
-            self.suffix = torch.cat([per_frame.flip(2).cumsum(2).flip(2), zero], dim=2)
+            running = None
+            for bound, segment in zip(reversed(bounds[:-1]), reversed(segments), strict=True):
+                running = segment if running is None else running + segment
+                self.suffix[bound] = running
 
     def prefix_at(self, frame: int) -> Tensor | None:
         """``[S, z]`` over frames ``[0, frame)`` plus the initial state; None when empty."""
-        sz = self.prefix[:, :, frame] if self.prefix is not None and frame > 0 else None
+        sz = self.prefix.get(frame) if frame > 0 else None
         if self.start_sz is None:
             return sz
         return self.start_sz if sz is None else sz + self.start_sz
@@ -113,9 +119,9 @@ class _LinearSets:
     def for_chunk(self, chunk: Chunk) -> Tensor | None:
         """``[S, z]`` of the chunk's linear set ``(B, H, d', d+1)``; None when the set is empty."""
         sz = self.prefix_at(chunk.window_start)
-        if self.causal or self.suffix is None or chunk.window_end >= self.suffix.shape[2] - 1:
+        after = None if self.causal else self.suffix.get(chunk.window_end)
+        if after is None:
             return sz
-        after = self.suffix[:, :, chunk.window_end]
         return after if sz is None else sz + after
 
 
