@@ -75,8 +75,12 @@ MEMORY_METHOD = (
     "its output (the output's pages are already counted in the baseline). VmHWM is a high-water "
     "mark, so working_mib >= 0. Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's "
     "peak RSS (inherited at exec), so it would report the benchmark parent's peak, not the child's; "
-    "ru_maxrss_mib is recorded for reference only."
+    "ru_maxrss_mib is recorded for reference only. Children run with glibc's mmap threshold pinned "
+    "(MALLOC_MMAP_THRESHOLD_=131072): blocks above 128 KiB are mapped and unmapped on free instead of "
+    "being cached in the heap, so RSS follows the tensors the op keeps alive rather than allocator "
+    "fragmentation."
 )
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class BenchConfig:
     frames: tuple[int, ...] = (21, 31, 41)
     memory_frames: tuple[int, ...] = (21, 41, 81, 161)
     softmax_memory_max_frames: int = 81
+    memory_repeats: int = 3
     repeats: int = 3
     seed: int = 0
     dtype: str = "float32"
@@ -121,7 +126,8 @@ class BenchConfig:
 
 QUICK = {
     "heads": 4, "head_dim": 32, "tokens_per_frame": 16, "frames": (6, 9),
-    "memory_frames": (6, 12), "feature_map": FeatureMapConfig(hidden_dim=32, feature_dim=32),
+    "memory_frames": (6, 12), "memory_repeats": 1,
+    "feature_map": FeatureMapConfig(hidden_dim=32, feature_dim=32),
 }
 
 
@@ -184,27 +190,23 @@ def analytic_flops(case: str, cfg: BenchConfig, frames: int) -> int:
 def implementation_extra_flops(case: str, cfg: BenchConfig, frames: int) -> int:
     """Matmul FLOPs the current ``rehyat.ops`` code performs beyond :func:`analytic_flops`.
 
-    - parallel: φq runs on *every* query, also on those of chunks whose linear set is empty (the
-      first ⌈(To+1)/Tc⌉ chunk(s)), whose features are then never read.
-    - recurrent: each step absorbs every frame leaving the softmax window, so the last chunk's
-      frames (all but the final To) are absorbed into a state nobody reads (φk + ``φkᵀ[v, 1]``).
-    - softmax: none.
+    Tied to the implementation on purpose: ``analytic + extra`` must equal the counted FLOPs
+    exactly, so a change in what the op computes shows up here (and in the smoke test).
+
+    - softmax, parallel: none (the parallel form reads φq only for chunks with a linear set and
+      absorbs keys only up to the last window start).
+    - recurrent: each step absorbs every frame leaving its softmax window, so after the last chunk
+      the frames up to ``T − To`` are absorbed into a final state nobody reads when
+      ``output_final_state=False`` (φk plus ``φkᵀ[v, 1]`` for those tokens).
     """
-    if case == "softmax":
+    if case != "recurrent":
         return 0
     fm, p, d = cfg.feature_map, cfg.tokens_per_frame, cfg.head_dim
-    per_token_phi = 2 * (d * fm.hidden_dim + fm.hidden_dim * fm.feature_dim)
-    per_token_absorb = 2 * fm.feature_dim * (d + 1)
+    per_token = 2 * (d * fm.hidden_dim + fm.hidden_dim * fm.feature_dim) + 2 * fm.feature_dim * (d + 1)
     chunks = chunk_layout(frames, cfg.chunk_frames, cfg.overlap_frames)
-    if case == "parallel":
-        idle_frames = sum(c.frame_end - c.frame_start for c in chunks if c.window_start == 0)
-        has_reader = any(c.window_start > 0 for c in chunks)
-        extra_tokens = idle_frames * p if has_reader else 0
-        return cfg.batch * cfg.heads * per_token_phi * extra_tokens
     absorbed_minimal = max(c.window_start for c in chunks)
     absorbed_recurrent = max(frames - cfg.overlap_frames, 0)
-    extra_tokens = (absorbed_recurrent - absorbed_minimal) * p
-    return cfg.batch * cfg.heads * (per_token_phi + per_token_absorb) * extra_tokens
+    return cfg.batch * cfg.heads * per_token * (absorbed_recurrent - absorbed_minimal) * p
 
 
 def count_flops(fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor) -> tuple[int, dict[str, int]]:
@@ -354,7 +356,8 @@ def run_memory_child(cfg: BenchConfig, case: str, frames: int) -> dict[str, Any]
     """Run :func:`measure_memory` in a fresh interpreter and return its JSON result."""
     request = json.dumps({"config": cfg.to_dict(), "case": case, "frames": frames})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", request]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    env = {**os.environ, **CHILD_ENV}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child {case}@{frames} failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -372,13 +375,26 @@ def memory_plan(cfg: BenchConfig) -> list[tuple[str, int]]:
 
 
 def memory_sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
-    """One subprocess per (case, frames) of :func:`memory_plan`."""
+    """Per (case, frames) of :func:`memory_plan`: the median of ``memory_repeats`` subprocesses.
+
+    ReHyAt cases take a few seconds per run and are repeated (glibc's heap heuristics make single
+    runs wobble by ~10-20 MiB now and then); softmax runs once (minutes per run, tiny and stable
+    working memory). The reported entry is the run with the median ``working_mib``; every run's
+    value is kept in ``working_mib_samples``.
+    """
     results = []
     for case, frames in memory_plan(cfg):
-        log(f"memory {case} frames={frames}: subprocess")
-        entry = run_memory_child(cfg, case, frames)
+        runs = 1 if case == "softmax" else cfg.memory_repeats
+        samples = []
+        for run in range(runs):
+            log(f"memory {case} frames={frames}: subprocess {run + 1}/{runs}")
+            samples.append(run_memory_child(cfg, case, frames))
+        samples.sort(key=lambda e: e["working_mib"])
+        entry = {**samples[(len(samples) - 1) // 2],
+                 "working_mib_samples": [e["working_mib"] for e in samples]}
         log(f"memory {case} frames={frames}: working {entry['working_mib']:.1f} MiB "
-            f"(peak {entry['peak_rss_mib']:.0f}, baseline {entry['baseline_mib']:.0f})")
+            f"(samples {[round(w, 1) for w in entry['working_mib_samples']]}, "
+            f"peak {entry['peak_rss_mib']:.0f}, baseline {entry['baseline_mib']:.0f})")
         results.append(entry)
     return results
 
@@ -498,6 +514,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-frames", type=int, nargs="+", help="memory sizes (latent frames)")
     parser.add_argument("--softmax-memory-max-frames", type=int, help="largest softmax memory size")
     parser.add_argument("--repeats", type=int, help="timed forwards per case (median reported)")
+    parser.add_argument("--memory-repeats", type=int,
+                        help="memory subprocesses per ReHyAt point (median reported; softmax: 1)")
     parser.add_argument("--tokens-per-frame", type=int, help="P, tokens per latent frame")
     parser.add_argument("--heads", type=int, help="attention heads")
     parser.add_argument("--head-dim", type=int, help="per-head width d")
@@ -519,12 +537,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "frames": tuple(args.frames) if args.frames else None,
         "memory_frames": tuple(args.memory_frames) if args.memory_frames else None,
         "softmax_memory_max_frames": args.softmax_memory_max_frames, "repeats": args.repeats,
+        "memory_repeats": args.memory_repeats,
         "tokens_per_frame": args.tokens_per_frame, "heads": args.heads, "head_dim": args.head_dim,
         "seed": args.seed,
     }
     cfg = replace(cfg, **{key: value for key, value in overrides.items() if value is not None})
-    if cfg.repeats < 1 or min(cfg.frames + cfg.memory_frames, default=1) < 1:
-        raise SystemExit("--repeats and every frame count must be ≥ 1")
+    if min(cfg.repeats, cfg.memory_repeats) < 1 or min(cfg.frames + cfg.memory_frames, default=1) < 1:
+        raise SystemExit("--repeats, --memory-repeats and every frame count must be ≥ 1")
     return cfg
 
 
