@@ -56,7 +56,7 @@ from rehyat.flops import (  # noqa: E402
     rehyat_attention_flops,
     softmax_attention_flops,
 )
-from rehyat.ops import chunk_layout, rehyat_attention  # noqa: E402
+from rehyat.ops import rehyat_attention  # noqa: E402
 
 CASES = ("softmax", "parallel", "recurrent")
 REHYAT_CASES = ("parallel", "recurrent")
@@ -191,22 +191,14 @@ def implementation_extra_flops(case: str, cfg: BenchConfig, frames: int) -> int:
     """Matmul FLOPs the current ``rehyat.ops`` code performs beyond :func:`analytic_flops`.
 
     Tied to the implementation on purpose: ``analytic + extra`` must equal the counted FLOPs
-    exactly, so a change in what the op computes shows up here (and in the smoke test).
-
-    - softmax, parallel: none (the parallel form reads φq only for chunks with a linear set and
-      absorbs keys only up to the last window start).
-    - recurrent: each step absorbs every frame leaving its softmax window, so after the last chunk
-      the frames up to ``T − To`` are absorbed into a final state nobody reads when
-      ``output_final_state=False`` (φk plus ``φkᵀ[v, 1]`` for those tokens).
+    exactly, so a change in what the op computes shows up here (and in the smoke test). Today
+    every form does exactly the analytic work: the parallel form reads φq only for chunks with a
+    linear set and absorbs keys only up to the last window start; the recurrent form skips
+    absorbing its last chunk unless ``output_final_state`` asks for the final state.
     """
-    if case != "recurrent":
-        return 0
-    fm, p, d = cfg.feature_map, cfg.tokens_per_frame, cfg.head_dim
-    per_token = 2 * (d * fm.hidden_dim + fm.hidden_dim * fm.feature_dim) + 2 * fm.feature_dim * (d + 1)
-    chunks = chunk_layout(frames, cfg.chunk_frames, cfg.overlap_frames)
-    absorbed_minimal = max(c.window_start for c in chunks)
-    absorbed_recurrent = max(frames - cfg.overlap_frames, 0)
-    return cfg.batch * cfg.heads * per_token * (absorbed_recurrent - absorbed_minimal) * p
+    if case not in CASES:
+        raise ValueError(f"case must be one of {CASES}; got {case!r}")
+    return 0
 
 
 def count_flops(fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor) -> tuple[int, dict[str, int]]:
@@ -475,7 +467,10 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2)
             handle.write("\n")

@@ -76,10 +76,10 @@ def test_counted_flops_match_analytic(report: dict) -> None:
             entry = cases[form]
             assert entry["analytic_flops"] == analytic.total
             # The softmax windows are counted exactly. φ's matmuls (baddbmm) and the linear part
-            # (bmm) also carry work the implementation does beyond the analytic minimum (φq on the
-            # first chunk's queries; the recurrent form absorbing the last chunk), which
+            # (bmm) may carry work the implementation does beyond the analytic minimum (today: the
+            # recurrent form absorbing the last chunk into an unread final state), which
             # `predicted` adds back exactly. At the quick sizes that extra is up to ~25 % of the
-            # total (φ dominates tiny windows); at Wan's sizes it is a few per cent.
+            # total (φ dominates tiny windows); at Wan's sizes it is ≤ 2 %.
             sdpa = entry["flops_by_op"]["aten._scaled_dot_product_flash_attention_for_cpu"]
             assert sdpa == analytic.softmax
             assert entry["counted_flops"] == entry["predicted_flops"]

@@ -58,10 +58,7 @@ def rehyat_attention_parallel(
     final_cut = max(total_frames - overlap_frames, 0)  # frames absorbed by the final state
 
     start_sz = state_matrix(state.kv, state.k_sum) if state is not None and state.has_linear_part else None
-    linear = _LinearSets(
-        k_ext, v_ext, phi_k, p, chunks, causal, start_sz,
-        extra_prefix=final_cut if output_final_state else None,
-    )
+    linear = _LinearSets(k_ext, v_ext, phi_k, p, chunks, causal, start_sz)
 
     out = q.new_empty(q.shape)  # (B, H, N, d)
     for chunk in chunks:
@@ -76,42 +73,59 @@ def rehyat_attention_parallel(
 
 
 class _LinearSets:
-    """Prefix / suffix sums of ``φk(k)[v, 1]ᵀ`` over frames, read at chunk window bounds.
+    """``[S, z]`` sums of ``φk(k)[v, 1]ᵀ`` over frames, read at chunk window bounds.
 
-    Keys are absorbed segment by segment (between consecutive window bounds), so temporaries are
-    chunk-sized whatever the sequence length; only one ``(B, H, d', d+1)`` sum per bound is kept.
+    Causal: one running prefix, advanced segment by segment as the chunks are read in order, so
+    memory is one ``(B, H, d', d+1)`` sum plus one segment's temporaries. Non-causal: segment sums
+    between all window bounds with their prefix and suffix sums (one per bound).
     """
 
     def __init__(
         self, k_ext: Tensor, v_ext: Tensor, phi_k: FeatureMap, p: int, chunks: list[Chunk],
-        causal: bool, start_sz: Tensor | None, extra_prefix: int | None,
+        causal: bool, start_sz: Tensor | None,
     ):
-        self.causal = causal
-        self.start_sz = start_sz
+        self.causal, self.start_sz = causal, start_sz
+        self._k, self._v, self._phi_k, self._p = k_ext, v_ext, phi_k, p
         total_frames = k_ext.shape[2] // p
-        starts = {c.window_start for c in chunks} | ({extra_prefix} if extra_prefix else set())
         ends = set() if causal else {c.window_end for c in chunks if c.window_end < total_frames}
         self.any_for_queries = start_sz is not None or any(c.window_start > 0 for c in chunks) or bool(ends)
-        bounds = sorted({0} | starts | ends | ({total_frames} if ends else set()))
-        segments = [  # (B, H, d', d+1) per segment [a, b) of frames
-            absorb(phi_k, k_ext[:, :, a * p:b * p], v_ext[:, :, a * p:b * p])
-            for a, b in zip(bounds, bounds[1:], strict=False)
-        ]
+        self._position, self._running = 0, None  # causal running prefix over frames [0, position)
         self.prefix: dict[int, Tensor] = {}
+        self.suffix: dict[int, Tensor] = {}
+        if not causal and ends:
+            self._all_bounds({c.window_start for c in chunks} | ends | {total_frames})
+
+    def _absorb(self, start: int, end: int) -> Tensor:
+        p = self._p
+        return absorb(self._phi_k, self._k[:, :, start * p:end * p], self._v[:, :, start * p:end * p])
+
+    def _all_bounds(self, bounds: set[int]) -> None:
+        ordered = sorted(bounds | {0})
+        segments = [self._absorb(a, b) for a, b in zip(ordered, ordered[1:], strict=False)]
         running = None
-        for bound, segment in zip(bounds[1:], segments, strict=True):
+        for bound, segment in zip(ordered[1:], segments, strict=True):
             running = segment if running is None else running + segment
             self.prefix[bound] = running
-        self.suffix: dict[int, Tensor] = {}
-        if ends:
-            running = None
-            for bound, segment in zip(reversed(bounds[:-1]), reversed(segments), strict=True):
-                running = segment if running is None else running + segment
-                self.suffix[bound] = running
+        running = None
+        for bound, segment in zip(reversed(ordered[:-1]), reversed(segments), strict=True):
+            running = segment if running is None else running + segment
+            self.suffix[bound] = running
 
     def prefix_at(self, frame: int) -> Tensor | None:
-        """``[S, z]`` over frames ``[0, frame)`` plus the initial state; None when empty."""
-        sz = self.prefix.get(frame) if frame > 0 else None
+        """``[S, z]`` over frames ``[0, frame)`` plus the initial state; None when empty.
+
+        Causal reads must come with non-decreasing ``frame`` (chunks in order, then the final cut).
+        """
+        if self.causal:
+            if frame < self._position:
+                raise RuntimeError("causal prefix sums must be read in frame order")
+            if frame > self._position:
+                added = self._absorb(self._position, frame)
+                self._running = added if self._running is None else self._running + added
+                self._position = frame
+            sz = self._running
+        else:
+            sz = self.prefix.get(frame) if frame > 0 else None
         if self.start_sz is None:
             return sz
         return self.start_sz if sz is None else sz + self.start_sz

@@ -36,6 +36,7 @@ def rehyat_step(
     tokens_per_frame: int,
     overlap_frames: int,
     scale: float | None = None,
+    carry_state: bool = True,
 ) -> tuple[Tensor, RecurrentState]:
     """Attend one chunk of frames given the state of everything before it.
 
@@ -46,6 +47,8 @@ def rehyat_step(
         tokens_per_frame: P.
         overlap_frames: To.
         scale: softmax scale (default ``1/√d``).
+        carry_state: when False (a last chunk whose state nobody reads) the chunk is not absorbed
+            and ``state`` is returned unchanged, saving that work.
 
     Returns:
         ``(out, next_state)``: ``out`` ``(B, H, n·P, d)``; ``next_state`` has absorbed every frame of
@@ -63,6 +66,8 @@ def rehyat_step(
     if sz is not None:
         out = hybrid_output(out, features(phi_q, q, "phi_q"), sz)
 
+    if not carry_state:
+        return out, state
     window_frames = k_win.shape[2] // p
     leaving = max(window_frames - overlap_frames, 0) * p
     if leaving:
@@ -104,11 +109,13 @@ def rehyat_attention_recurrent(
     p = tokens_per_frame
     state = initial_state if initial_state is not None else RecurrentState.empty(k)
     out = q.new_empty(q.shape)  # (B, H, N, d)
-    for chunk in chunk_layout(num_frames, chunk_frames, overlap_frames):
+    chunks = chunk_layout(num_frames, chunk_frames, overlap_frames)
+    for chunk in chunks:
         rows = slice(chunk.frame_start * p, chunk.frame_end * p)
         out[:, :, rows], state = rehyat_step(
             q[:, :, rows], k[:, :, rows], v[:, :, rows], state,
             phi_q=phi_q, phi_k=phi_k, tokens_per_frame=p, overlap_frames=overlap_frames, scale=scale,
+            carry_state=output_final_state or chunk is not chunks[-1],
         )
     return (out, state) if output_final_state else out
 
