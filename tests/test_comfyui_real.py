@@ -10,27 +10,15 @@ from typing import Any
 
 import pytest
 import torch
-
-try:
-    from comfy_support import (
-        WAN_TEXT_DIM,
-        ComfyModules,
-        comfy_or_skip,
-        load_tiny_wan_comfy,
-        requires_comfyui,
-        tiny_wan_config,
-        tiny_wan_state_dict,
-    )
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.comfy_support import (
-        WAN_TEXT_DIM,
-        ComfyModules,
-        comfy_or_skip,
-        load_tiny_wan_comfy,
-        requires_comfyui,
-        tiny_wan_config,
-        tiny_wan_state_dict,
-    )
+from comfy_support import (
+    WAN_TEXT_DIM,
+    ComfyModules,
+    comfy_or_skip,
+    load_tiny_wan_comfy,
+    requires_comfyui,
+    tiny_wan_config,
+    tiny_wan_state_dict,
+)
 
 pytestmark = requires_comfyui
 

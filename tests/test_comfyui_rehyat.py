@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfy_support import (
+    WAN_TEXT_DIM,
+    comfy_or_skip,
+    load_tiny_wan_comfy,
+    requires_comfyui,
+    tiny_wan_state_dict,
+)
 
 from rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
 from rehyat.integrations.comfyui_wan import build_hybrid_modules, comfy_patch_info, patch_comfy_wan
-
-try:
-    from comfy_support import (
-        WAN_TEXT_DIM,
-        comfy_or_skip,
-        load_tiny_wan_comfy,
-        requires_comfyui,
-        tiny_wan_state_dict,
-    )
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.comfy_support import (
-        WAN_TEXT_DIM,
-        comfy_or_skip,
-        load_tiny_wan_comfy,
-        requires_comfyui,
-        tiny_wan_state_dict,
-    )
 
 pytestmark = requires_comfyui
 SMALL_PHI = FeatureMapConfig(hidden_dim=32, feature_dim=32)

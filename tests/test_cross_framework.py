@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfy_support import comfy_or_skip, requires_comfyui
 
 from rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
 from rehyat.integrations import diffusers_wan
@@ -16,11 +17,6 @@ from rehyat.weights import (
     fingerprint_module,
     load_phi_weights,
 )
-
-try:
-    from comfy_support import comfy_or_skip, requires_comfyui
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.comfy_support import comfy_or_skip, requires_comfyui
 
 pytestmark = requires_comfyui
 diffusers = pytest.importorskip("diffusers", reason="diffusers not installed: pip install -e '.[diffusers]'")

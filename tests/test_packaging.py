@@ -9,11 +9,7 @@ import sys
 from pathlib import Path
 
 import tomllib
-
-try:
-    from comfy_support import comfy_or_skip
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.comfy_support import comfy_or_skip
+from comfy_support import comfy_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 
