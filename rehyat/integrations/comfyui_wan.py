@@ -75,7 +75,7 @@ class ComfyWanReHyAtSelfAttention(nn.Module):
     def forward(self, x: Tensor, freqs: Tensor, transformer_options: dict | None = None) -> Tensor:
         """``x`` ``(B, L, C)`` → ``(B, L, C)``, like the module it replaces."""
         options = transformer_options or {}
-        run = _run_from_options(options, x.shape[1], self.hybrid.block_index)
+        run = _run_from_options(options, self.hybrid.block_index)
         if options.get("patches", {}).get("attn1_patch"):
             raise ValueError(
                 f"block {self.hybrid.block_index}: another node installed an attn1_patch on this model; "
@@ -207,7 +207,7 @@ def _make_wrapper(patch: ComfyReHyAtPatch):
     return rehyat_diffusion_model_wrapper
 
 
-def _run_from_options(options: dict, tokens: int, block_index: int) -> ReHyAtRun:
+def _run_from_options(options: dict, block_index: int) -> ReHyAtRun:
     run = options.get(RUN_KEY)
     if run is None:
         raise RuntimeError(

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import check_features
-from .state import RecurrentState
 
 
 def softmax_window(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
@@ -72,8 +71,3 @@ def take_overlap(k_win: Tensor, v_win: Tensor, keep_tokens: int) -> tuple[Tensor
     """The last ``keep_tokens`` tokens of a window as contiguous copies (the next overlap K/V)."""
     start = k_win.shape[2] - keep_tokens
     return k_win[:, :, start:].contiguous(), v_win[:, :, start:].contiguous()
-
-
-def empty_like_state(k: Tensor) -> RecurrentState:
-    """A fresh state for a sequence shaped like ``k`` (nothing absorbed, no overlap)."""
-    return RecurrentState.empty(k)
