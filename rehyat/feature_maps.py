@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FeatureMapConfig
+from .ops.scratch import Scratch
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -72,8 +73,15 @@ class HeadwiseFeatureMap(nn.Module):
             self.weight2.uniform_(-bound2, bound2)
             self.bias2.fill_(self.config.init_bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``x`` ``(B, H, n, d)`` to features ``(B, H, n, d')``, all > 0, fp32 (fp64 for fp64)."""
+    accepts_scratch = True  # the ops may pass a :class:`~rehyat.ops.scratch.Scratch` for inference
+
+    def forward(self, x: Tensor, scratch: Scratch | None = None) -> Tensor:
+        """Map ``x`` ``(B, H, n, d)`` to features ``(B, H, n, d')``, all > 0, fp32 (fp64 for fp64).
+
+        With autograd off the maths runs in place; given a ``scratch`` the hidden layer and the
+        features live in its buffers ``"phi.hidden"`` / ``"phi.features"`` (so the result is valid
+        until the next feature-map call with the same scratch).
+        """
         if x.ndim != 4 or x.shape[1] != self.num_heads or x.shape[3] != self.head_dim:
             raise ValueError(
                 f"feature map expects (B, {self.num_heads}, n, {self.head_dim}); "
@@ -84,7 +92,7 @@ class HeadwiseFeatureMap(nn.Module):
         if torch.is_grad_enabled():
             features = self._features(xh)
         else:
-            features = self._features_inplace(xh)
+            features = self._features_inplace(xh, scratch)
         return features.reshape(heads, batch, n, -1).transpose(0, 1)  # (B, H, n, d')
 
     def _features(self, xh: Tensor) -> Tensor:
@@ -94,16 +102,18 @@ class HeadwiseFeatureMap(nn.Module):
         psi = F.softplus(pre.to(_at_least_fp32(pre.dtype))) + self.config.eps
         return _polynomial_parts(psi, self.config.degree)
 
-    def _features_inplace(self, xh: Tensor) -> Tensor:
+    def _features_inplace(self, xh: Tensor, scratch: Scratch | None) -> Tensor:
         """Inference path: same numbers, every element-wise step in the matmul's output buffer.
 
-        Large fresh allocations cost page faults on CPU, so this path allocates two buffers
-        (hidden and output) instead of six.
+        Large fresh allocations cost page faults on CPU, so this path uses two buffers (hidden and
+        output) instead of six, taken from ``scratch`` when given.
         """
-        hidden = torch.baddbmm(self.bias1, xh, self.weight1)  # (H, m, h)
+        heads, m, _ = xh.shape
+        hidden = _buffer(scratch, "phi.hidden", (heads, m, self.config.hidden_dim), self.weight1)
+        torch.baddbmm(self.bias1, xh, self.weight1, out=hidden)  # (H, m, h)
         hidden = _activation_inplace(self.config.activation, hidden)
-        pre = torch.baddbmm(self.bias2, hidden, self.weight2)  # (H, m, d')
-        del hidden
+        pre = _buffer(scratch, "phi.features", (heads, m, self.config.feature_dim), self.weight2)
+        torch.baddbmm(self.bias2, hidden, self.weight2, out=pre)  # (H, m, d')
         pre = pre.to(_at_least_fp32(pre.dtype))
         torch.logaddexp(pre, pre.new_zeros(()), out=pre)  # softplus, in place
         pre.add_(self.config.eps)
@@ -118,6 +128,12 @@ class HeadwiseFeatureMap(nn.Module):
             f"heads={self.num_heads}, head_dim={self.head_dim}, hidden={cfg.hidden_dim}, "
             f"features={cfg.feature_dim}, degree={cfg.degree}, activation={cfg.activation}"
         )
+
+
+def _buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    if scratch is None:
+        return like.new_empty(shape)
+    return scratch.get(name, shape, dtype=like.dtype, device=like.device)
 
 
 def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:

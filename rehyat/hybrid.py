@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .config import HybridAttentionConfig
 from .feature_maps import FeatureMapPair
-from .ops import RecurrentState, rehyat_attention, rehyat_step
+from .ops import RecurrentState, Scratch, rehyat_attention, rehyat_step
 
 RunMode = Literal["parallel", "recurrent"]
 
@@ -54,11 +54,14 @@ class ReHyAtRun:
         mode: "parallel" (all frames at once) or "recurrent" (this call holds one chunk; each layer
             continues from its entry in ``states`` and writes the next one back).
         states: per block index, the recurrent state after the previous chunks.
+        scratch: inference buffers shared by the layers of this forward (one set, reused block
+            after block instead of fresh chunk-sized allocations in every layer).
     """
 
     grid: FrameGrid
     mode: RunMode = "parallel"
     states: dict[int, RecurrentState] = field(default_factory=dict)
+    scratch: Scratch = field(default_factory=Scratch)
 
 
 class HybridAttention(nn.Module):
@@ -89,6 +92,7 @@ class HybridAttention(nn.Module):
             return rehyat_attention(
                 q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p,
                 chunk_frames=cfg.chunk_frames, overlap_frames=cfg.overlap_frames, causal=cfg.causal,
+                scratch=run.scratch,
             )
         if not cfg.causal:
             raise ValueError(f"block {self.block_index} is non-causal: it cannot run recurrently")
@@ -96,6 +100,7 @@ class HybridAttention(nn.Module):
         out, run.states[self.block_index] = rehyat_step(
             q, k, v, state if state is not None else RecurrentState.empty(k),
             phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p, overlap_frames=cfg.overlap_frames,
+            scratch=run.scratch,
         )
         return out
 

@@ -84,3 +84,26 @@ def test_feature_map_rejects_wrong_input():
     fmap = HeadwiseFeatureMap(2, 8)
     with pytest.raises(ValueError, match=r"feature map expects \(B, 2, n, 8\)"):
         fmap(torch.randn(1, 3, 4, 8))
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "gelu"])
+def test_inference_paths_equal_the_differentiable_path(activation):
+    """In-place inference, with and without a Scratch, gives the autograd path's numbers."""
+    from rehyat.ops.scratch import Scratch
+
+    torch.manual_seed(0)
+    fmap = HeadwiseFeatureMap(3, 8, FeatureMapConfig(hidden_dim=16, feature_dim=12, degree=3,
+                                                     activation=activation))
+    x = torch.randn(2, 3, 10, 8)
+    expected = fmap(x)
+    assert expected.requires_grad
+    scratch = Scratch()
+    with torch.no_grad():
+        plain = fmap(x)
+        first = fmap(x, scratch=scratch).clone()
+        held = scratch.nbytes
+        again = fmap(x[:, :, :4], scratch=scratch)  # smaller request: same buffers
+    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(again, expected[:, :, :4], atol=1e-6, rtol=1e-6)
+    assert held > 0 and scratch.nbytes == held

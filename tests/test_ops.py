@@ -17,6 +17,7 @@ from rehyat.ops import (
     rehyat_attention_recurrent,
     rehyat_step,
 )
+from rehyat.ops.scratch import Scratch, inference_scratch
 
 SMALL_MAP = FeatureMapConfig(hidden_dim=12, feature_dim=8, init_bias=-1.0)
 # (B, H, P, d, T): T=7 leaves a partial last chunk for Tc ∈ {2, 3, 5}; T=1 is a single frame.
@@ -52,46 +53,58 @@ def assert_states_close(a: RecurrentState, b: RecurrentState, atol=1e-5):
         torch.testing.assert_close(a.k_sum, b.k_sum, atol=atol, rtol=1e-5)
 
 
+# Autograd on runs the differentiable path; off runs the inference path (in-place maths in reused
+# scratch buffers, outputs written straight into place). Both must match the reference.
+AUTOGRAD = [pytest.param(True, id="autograd"), pytest.param(False, id="inference")]
+
+
+@pytest.mark.parametrize("autograd", AUTOGRAD)
 @pytest.mark.parametrize(("shape", "tc", "to", "causal"), GRID)
-def test_fast_forms_match_naive(shape, tc, to, causal):
+def test_fast_forms_match_naive(shape, tc, to, causal, autograd):
     b, h, p, d, t = shape
     q, k, v, maps = make_inputs(*shape)
     kw = op_kwargs(maps, p, tc, to, causal)
     ref = rehyat_attention_naive(q, k, v, **kw)
-    out = rehyat_attention_parallel(q, k, v, **kw)
+    with torch.set_grad_enabled(autograd):
+        out = rehyat_attention_parallel(q, k, v, **kw)
+        recurrent = rehyat_attention_recurrent(q, k, v, **kw) if causal else None
     assert out.shape == q.shape and out.dtype == q.dtype
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     if causal:
-        torch.testing.assert_close(rehyat_attention_recurrent(q, k, v, **kw), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(recurrent, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("autograd", AUTOGRAD)
 @pytest.mark.parametrize(("shape", "tc", "to"), [(s, tc, to) for s, tc, to, c in GRID if c])
-def test_final_state_matches_naive(shape, tc, to):
+def test_final_state_matches_naive(shape, tc, to, autograd):
     b, h, p, d, t = shape
     q, k, v, maps = make_inputs(*shape)
     kw = op_kwargs(maps, p, tc, to, True)
     _, ref_state = rehyat_attention_naive(q, k, v, output_final_state=True, **kw)
     for form in (rehyat_attention_parallel, rehyat_attention_recurrent):
-        _, state = form(q, k, v, output_final_state=True, **kw)
+        with torch.set_grad_enabled(autograd):
+            _, state = form(q, k, v, output_final_state=True, **kw)
         assert_states_close(state, ref_state)
     assert ref_state.frames_seen == t
     assert ref_state.overlap_frames(p) == min(to, t)
 
 
+@pytest.mark.parametrize("autograd", AUTOGRAD)
 @pytest.mark.parametrize(("tc", "to", "split"), [(1, 0, 3), (2, 1, 4), (3, 1, 3), (3, 2, 6), (2, 3, 2)])
 @pytest.mark.parametrize("mode", ["parallel", "recurrent", "naive"])
-def test_continuing_from_a_state_equals_one_pass(tc, to, split, mode):
+def test_continuing_from_a_state_equals_one_pass(tc, to, split, mode, autograd):
     """Running frames [0, s) then [s, T) from the carried state == one pass (s a chunk boundary)."""
     b, h, p, d, t = 2, 2, 3, 8, 9
     q, k, v, maps = make_inputs(b, h, p, d, t, seed=1)
     kw = op_kwargs(maps, p, tc, to, True)
     whole, whole_state = rehyat_attention_naive(q, k, v, output_final_state=True, **kw)
     cut = split * p
-    first, state = rehyat_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], mode=mode,
-                                    output_final_state=True, **kw)
-    state = RecurrentState.from_tensors(state.to_tensors())  # through the serialised form
-    second, end_state = rehyat_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], mode=mode,
-                                         initial_state=state, output_final_state=True, **kw)
+    with torch.set_grad_enabled(autograd):
+        first, state = rehyat_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], mode=mode,
+                                        output_final_state=True, **kw)
+        state = RecurrentState.from_tensors(state.to_tensors())  # through the serialised form
+        second, end_state = rehyat_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], mode=mode,
+                                             initial_state=state, output_final_state=True, **kw)
     torch.testing.assert_close(torch.cat([first, second], 2), whole, atol=1e-5, rtol=1e-5)
     assert_states_close(end_state, whole_state)
 
@@ -159,9 +172,10 @@ def test_chunk_layout_matches_the_pinned_definition():
     assert [c.window_start for c in chunk_layout(6, 1, 3)] == [0, 0, 0, 0, 1, 2]
 
 
+@pytest.mark.parametrize("autograd", AUTOGRAD)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mode", ["parallel", "recurrent"])
-def test_low_precision_with_large_logits(dtype, mode):
+def test_low_precision_with_large_logits(dtype, mode, autograd):
     """bf16 / fp16 inputs with |logits| > 50: finite and close to the fp32 result."""
     b, h, p, d, t = 1, 2, 4, 16, 6
     q, k, v, maps = make_inputs(b, h, p, d, t, seed=5)
@@ -171,10 +185,66 @@ def test_low_precision_with_large_logits(dtype, mode):
     assert float(logits.abs().max()) > 50
     kw = op_kwargs(maps, p, 2, 1, True)
     ref = rehyat_attention(q, k, v, mode=mode, **kw)
-    out = rehyat_attention(q.to(dtype), k.to(dtype), v.to(dtype), mode=mode, **kw)
+    with torch.set_grad_enabled(autograd):
+        out = rehyat_attention(q.to(dtype), k.to(dtype), v.to(dtype), mode=mode, **kw)
+        _, state = rehyat_attention(q.to(dtype), k.to(dtype), v.to(dtype), mode=mode,
+                                    output_final_state=True, **kw)
     assert out.dtype == dtype and torch.isfinite(out).all()
     tol = 5e-2 if dtype == torch.bfloat16 else 1e-2
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
-    _, state = rehyat_attention(q.to(dtype), k.to(dtype), v.to(dtype), mode=mode,
-                                output_final_state=True, **kw)
     assert state.kv.dtype == torch.float32 and state.k_sum.dtype == torch.float32
+
+
+@torch.no_grad()
+def test_steps_sharing_a_scratch_keep_their_outputs_and_states():
+    """Outputs and states returned by steps that share one Scratch are never overwritten by later steps."""
+    b, h, p, d, t = 1, 1, 3, 8, 9  # B = H = 1: token slices of the window are contiguous views
+    q, k, v, maps = make_inputs(b, h, p, d, t, seed=6)
+    kw = op_kwargs(maps, p, 2, 1, True)
+    ref, ref_state = rehyat_attention_naive(q, k, v, output_final_state=True, **kw)
+    scratch, state, outs, states = Scratch(), RecurrentState.empty(k), [], []
+    for chunk in chunk_layout(t, 2, 1):
+        rows = slice(chunk.frame_start * p, chunk.frame_end * p)
+        out, state = rehyat_step(q[:, :, rows], k[:, :, rows], v[:, :, rows], state, phi_q=maps.phi_q,
+                                 phi_k=maps.phi_k, tokens_per_frame=p, overlap_frames=1, scratch=scratch)
+        outs.append(out)
+        states.append(state)
+    assert scratch.nbytes > 0
+    torch.testing.assert_close(torch.cat(outs, dim=2), ref, atol=1e-5, rtol=1e-5)
+    assert_states_close(states[-1], ref_state)
+    # Each intermediate state still equals the reference state after its frames.
+    _, mid_state = rehyat_attention_naive(q[:, :, :6 * p], k[:, :, :6 * p], v[:, :, :6 * p],
+                                          output_final_state=True, **kw)
+    assert_states_close(states[2], mid_state)
+
+
+def test_scratch_reuses_and_grows_its_buffers():
+    scratch = Scratch()
+    a = scratch.get("x", (2, 3), dtype=torch.float32, device=torch.device("cpu"))
+    b = scratch.get("x", (3, 2), dtype=torch.float32, device=torch.device("cpu"))
+    assert a.data_ptr() == b.data_ptr() and b.shape == (3, 2) and b.is_contiguous()
+    c = scratch.get("x", (4, 4), dtype=torch.float32, device=torch.device("cpu"))  # grows
+    assert c.shape == (4, 4) and scratch.nbytes == 16 * 4
+    d = scratch.get("x", (4, 4), dtype=torch.float64, device=torch.device("cpu"))  # new dtype
+    assert d.dtype == torch.float64 and scratch.nbytes == 16 * 8
+    other = scratch.get("y", (1,), dtype=torch.float32, device=torch.device("cpu"))
+    assert other.data_ptr() != d.data_ptr()
+    with torch.no_grad():
+        assert isinstance(inference_scratch(None), Scratch)
+        assert inference_scratch(scratch) is scratch
+    with torch.enable_grad():  # gradients need fresh tensors
+        assert inference_scratch(None) is None and inference_scratch(scratch) is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["parallel", "recurrent", "naive"])
+def test_calls_sharing_a_scratch_match_naive(mode):
+    """One Scratch across calls of different sizes (the blocks of one forward) changes no number."""
+    scratch = Scratch()
+    for shape, seed in (((1, 2, 3, 8, 7), 7), ((2, 2, 5, 8, 4), 8), ((1, 2, 3, 8, 7), 9)):
+        b, h, p, d, t = shape
+        q, k, v, maps = make_inputs(*shape, seed=seed)
+        kw = op_kwargs(maps, p, 2, 1, True)
+        out = rehyat_attention(q, k, v, mode=mode, scratch=scratch, **kw)
+        torch.testing.assert_close(out, rehyat_attention_naive(q, k, v, **kw), atol=1e-5, rtol=1e-5)
+    assert (scratch.nbytes > 0) == (mode != "naive")

@@ -16,12 +16,14 @@ from .layout import MODES, Chunk, chunk_layout, validate_inputs
 from .naive import rehyat_attention_naive
 from .parallel import rehyat_attention_parallel
 from .recurrent import rehyat_attention_recurrent, rehyat_step
+from .scratch import Scratch
 from .state import RecurrentState
 
 __all__ = [
     "MODES",
     "Chunk",
     "RecurrentState",
+    "Scratch",
     "chunk_layout",
     "rehyat_attention",
     "rehyat_attention_naive",
@@ -53,6 +55,7 @@ def rehyat_attention(
     scale: float | None = None,
     initial_state: RecurrentState | None = None,
     output_final_state: bool = False,
+    scratch: Scratch | None = None,
 ) -> Tensor | tuple[Tensor, RecurrentState]:
     """Recurrent hybrid attention over frame-major video tokens.
 
@@ -75,6 +78,9 @@ def rehyat_attention(
         scale: softmax scale, default ``1/√d``.
         initial_state: continue after frames summarised by this state (causal only).
         output_final_state: also return the state after the last frame.
+        scratch: reusable inference buffers; share one :class:`~rehyat.ops.scratch.Scratch`
+            across calls (e.g. the blocks of one model forward) to keep them warm. Ignored under
+            autograd and by the naive form.
 
     Returns:
         ``(B, H, N, d)`` in the input dtype, or ``(output, RecurrentState)`` when
@@ -85,5 +91,5 @@ def rehyat_attention(
     return _FORMS[mode](
         q, k, v, phi_q=phi_q, phi_k=phi_k, tokens_per_frame=tokens_per_frame,
         chunk_frames=chunk_frames, overlap_frames=overlap_frames, causal=causal, scale=scale,
-        initial_state=initial_state, output_final_state=output_final_state,
+        initial_state=initial_state, output_final_state=output_final_state, scratch=scratch,
     )

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import check_features
+from .scratch import Scratch
 
 
 def softmax_window(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
@@ -24,10 +25,19 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def values_with_ones(v: Tensor) -> Tensor:
-    """``[v, 1]`` in the accumulation dtype, ``(B, H, n, d+1)``: one matmul yields both S and z."""
+def values_with_ones(v: Tensor, scratch: Scratch | None = None) -> Tensor:
+    """``[v, 1]`` in the accumulation dtype, ``(B, H, n, d+1)``: one matmul yields both S and z.
+
+    With a ``scratch`` the result lives in its ``"values1"`` buffer.
+    """
     acc = accumulation_dtype(v.dtype)
-    return torch.cat([v.to(acc), v.new_ones(*v.shape[:-1], 1, dtype=acc)], dim=-1)
+    if scratch is None:
+        return torch.cat([v.to(acc), v.new_ones(*v.shape[:-1], 1, dtype=acc)], dim=-1)
+    *lead, d = v.shape
+    out = scratch.get("values1", (*lead, d + 1), dtype=acc, device=v.device)
+    out[..., :d].copy_(v)
+    out[..., d].fill_(1.0)
+    return out
 
 
 def state_matrix(kv: Tensor, k_sum: Tensor) -> Tensor:
@@ -40,34 +50,57 @@ def split_state_matrix(sz: Tensor) -> tuple[Tensor, Tensor]:
     return sz[..., :-1], sz[..., -1]
 
 
-def features(phi, x: Tensor, name: str) -> Tensor:
-    """Apply a feature map; features ``(B, H, n, d')`` in the accumulation dtype, shape-checked."""
-    out = phi(x)
+def features(phi, x: Tensor, name: str, scratch: Scratch | None = None) -> Tensor:
+    """Apply a feature map; features ``(B, H, n, d')`` in the accumulation dtype, shape-checked.
+
+    Feature maps that declare ``accepts_scratch`` (ours do) get ``scratch`` to keep their
+    buffers in; any other callable is called as ``phi(x)``.
+    """
+    if scratch is not None and getattr(phi, "accepts_scratch", False):
+        out = phi(x, scratch=scratch)
+    else:
+        out = phi(x)
     check_features(name, out, x)
     return out.to(accumulation_dtype(x.dtype))
 
 
-def absorb(phi_k, k: Tensor, v: Tensor) -> Tensor:
+def absorb(phi_k, k: Tensor, v: Tensor, scratch: Scratch | None = None) -> Tensor:
     """``Σ_j φk(k_j) [v_j, 1]ᵀ`` over all tokens of ``k, v``: fp32 ``(B, H, d', d+1)``."""
-    fk = features(phi_k, k, "phi_k")  # (B, H, n, d')
-    return fk.transpose(-1, -2) @ values_with_ones(v)
+    fk = features(phi_k, k, "phi_k", scratch)  # (B, H, n, d')
+    return fk.transpose(-1, -2) @ values_with_ones(v, scratch)
 
 
-def hybrid_output(o_soft: Tensor, fq: Tensor, sz: Tensor) -> Tensor:
+def hybrid_output(
+    o_soft: Tensor, fq: Tensor, sz: Tensor, *, out: Tensor | None = None, scratch: Scratch | None = None,
+) -> Tensor:
     """``(o_soft + φq·S) / (1 + φq·z)`` in fp32, returned in ``o_soft``'s dtype.
 
-    Shapes: o_soft ``(B, H, n, d)``, fq ``(B, H, n, d')`` fp32, sz ``(B, H, d', d+1)`` or
-    ``(B, H, 1, d', d+1)``-broadcastable fp32.
+    Shapes: o_soft ``(B, H, n, d)``, fq ``(B, H, n, d')`` fp32, sz ``(B, H, d', d+1)`` fp32.
+    With autograd off the maths runs in the readout buffer (``scratch``'s ``"readout"`` when
+    given) and the result is written into ``out`` (any strides, ``o_soft``'s dtype), or over
+    ``o_soft`` itself when ``out`` is None.
     """
-    readout = fq @ sz  # (B, H, n, d+1)
+    if torch.is_grad_enabled():
+        readout = fq @ sz  # (B, H, n, d+1)
+        numer, denom = readout[..., :-1], readout[..., -1:]
+        result = ((numer + o_soft.to(readout.dtype)) / (denom + 1.0)).to(o_soft.dtype)
+        return result if out is None else out.copy_(result)
+    if scratch is None:
+        readout = fq @ sz
+    else:
+        shape = (*fq.shape[:-1], sz.shape[-1])
+        readout = torch.matmul(fq, sz, out=scratch.get("readout", shape, dtype=sz.dtype, device=sz.device))
     numer, denom = readout[..., :-1], readout[..., -1:]
-    if torch.is_grad_enabled() and (readout.requires_grad or o_soft.requires_grad):
-        return ((numer + o_soft.to(readout.dtype)) / (denom + 1.0)).to(o_soft.dtype)
-    # Inference: reuse the readout buffer instead of allocating three temporaries.
-    return numer.add_(o_soft).div_(denom.add_(1.0)).to(o_soft.dtype)
+    numer.add_(o_soft)
+    denom.add_(1.0)
+    return torch.div(numer, denom, out=o_soft if out is None else out)
 
 
 def take_overlap(k_win: Tensor, v_win: Tensor, keep_tokens: int) -> tuple[Tensor, Tensor]:
-    """The last ``keep_tokens`` tokens of a window as contiguous copies (the next overlap K/V)."""
+    """The last ``keep_tokens`` tokens of a window as fresh copies (the next overlap K/V).
+
+    Always copies: the window may be a reused scratch buffer or the caller's tensor.
+    """
     start = k_win.shape[2] - keep_tokens
-    return k_win[:, :, start:].contiguous(), v_win[:, :, start:].contiguous()
+    fmt = torch.contiguous_format
+    return k_win[:, :, start:].clone(memory_format=fmt), v_win[:, :, start:].clone(memory_format=fmt)

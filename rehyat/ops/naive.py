@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .layout import check_features, chunk_layout, validate_inputs
+from .scratch import Scratch
 from .state import RecurrentState
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -31,13 +32,15 @@ def rehyat_attention_naive(
     scale: float | None = None,
     initial_state: RecurrentState | None = None,
     output_final_state: bool = False,
+    scratch: Scratch | None = None,
 ) -> Tensor | tuple[Tensor, RecurrentState]:
     """Reference ReHyAt attention (same signature and semantics as the fast forms).
 
     ``y_i = (o_soft_i + φq(q_i)·S_i) / (1 + φq(q_i)·z_i)``: ``o_soft_i`` is softmax attention over
     the query's softmax window, normalised on its own (a row-wise log-sum-exp stabiliser), and
     ``S_i, z_i`` sum ``φk(k_j) v_jᵀ`` and ``φk(k_j)`` over its linear set (plus the initial state's
-    S and z). Computed in fp64 with dense masks; returns the input dtype.
+    S and z). Computed in fp64 with dense masks; returns the input dtype. ``scratch`` is accepted
+    for a uniform signature and ignored: the reference allocates freely.
     """
     num_frames = validate_inputs(
         q, k, v, tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames,

@@ -22,6 +22,7 @@ from .kernels import (
     state_matrix,
 )
 from .layout import Chunk, chunk_layout, validate_inputs
+from .scratch import Scratch, inference_scratch
 from .state import RecurrentState
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -41,6 +42,7 @@ def rehyat_attention_parallel(
     scale: float | None = None,
     initial_state: RecurrentState | None = None,
     output_final_state: bool = False,
+    scratch: Scratch | None = None,
 ) -> Tensor | tuple[Tensor, RecurrentState]:
     """ReHyAt attention over all chunks at once (see :func:`rehyat.ops.rehyat_attention`)."""
     num_frames = validate_inputs(
@@ -58,7 +60,8 @@ def rehyat_attention_parallel(
     final_cut = max(total_frames - overlap_frames, 0)  # frames absorbed by the final state
 
     start_sz = state_matrix(state.kv, state.k_sum) if state is not None and state.has_linear_part else None
-    linear = _LinearSets(k_ext, v_ext, phi_k, p, chunks, causal, start_sz)
+    scratch = inference_scratch(scratch)
+    linear = _LinearSets(k_ext, v_ext, phi_k, p, chunks, causal, start_sz, scratch)
 
     out = q.new_empty(q.shape)  # (B, H, N, d)
     for chunk in chunks:
@@ -66,7 +69,11 @@ def rehyat_attention_parallel(
         window = slice(chunk.window_start * p, chunk.window_end * p)
         o = softmax_window(q[:, :, rows], k_ext[:, :, window], v_ext[:, :, window], scale)
         sz = linear.for_chunk(chunk)
-        out[:, :, rows] = o if sz is None else hybrid_output(o, features(phi_q, q[:, :, rows], "phi_q"), sz)
+        if sz is None:
+            out[:, :, rows] = o
+        else:
+            fq = features(phi_q, q[:, :, rows], "phi_q", scratch)
+            hybrid_output(o, fq, sz, out=out[:, :, rows], scratch=scratch)
     if not output_final_state:
         return out
     return out, _final_state(linear.prefix_at(final_cut), k_ext, v_ext, final_cut * p, state, num_frames)
@@ -82,9 +89,9 @@ class _LinearSets:
 
     def __init__(
         self, k_ext: Tensor, v_ext: Tensor, phi_k: FeatureMap, p: int, chunks: list[Chunk],
-        causal: bool, start_sz: Tensor | None,
+        causal: bool, start_sz: Tensor | None, scratch: Scratch | None,
     ):
-        self.causal, self.start_sz = causal, start_sz
+        self.causal, self.start_sz, self._scratch = causal, start_sz, scratch
         self._k, self._v, self._phi_k, self._p = k_ext, v_ext, phi_k, p
         total_frames = k_ext.shape[2] // p
         ends = set() if causal else {c.window_end for c in chunks if c.window_end < total_frames}
@@ -97,7 +104,8 @@ class _LinearSets:
 
     def _absorb(self, start: int, end: int) -> Tensor:
         p = self._p
-        return absorb(self._phi_k, self._k[:, :, start * p:end * p], self._v[:, :, start * p:end * p])
+        tokens = slice(start * p, end * p)
+        return absorb(self._phi_k, self._k[:, :, tokens], self._v[:, :, tokens], self._scratch)
 
     def _all_bounds(self, bounds: set[int]) -> None:
         ordered = sorted(bounds | {0})

@@ -20,6 +20,7 @@ from .kernels import (
     take_overlap,
 )
 from .layout import chunk_layout, validate_inputs
+from .scratch import Scratch, inference_scratch
 from .state import RecurrentState
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -37,6 +38,8 @@ def rehyat_step(
     overlap_frames: int,
     scale: float | None = None,
     carry_state: bool = True,
+    out: Tensor | None = None,
+    scratch: Scratch | None = None,
 ) -> tuple[Tensor, RecurrentState]:
     """Attend one chunk of frames given the state of everything before it.
 
@@ -49,6 +52,9 @@ def rehyat_step(
         scale: softmax scale (default ``1/√d``).
         carry_state: when False (a last chunk whose state nobody reads) the chunk is not absorbed
             and ``state`` is returned unchanged, saving that work.
+        out: optional ``(B, H, n·P, d)`` tensor (any strides) to write the output into.
+        scratch: reusable inference buffers (:class:`~rehyat.ops.scratch.Scratch`); pass the same
+            one to every step of a sequence to keep the temporaries warm. Ignored under autograd.
 
     Returns:
         ``(out, next_state)``: ``out`` ``(B, H, n·P, d)``; ``next_state`` has absorbed every frame of
@@ -59,19 +65,22 @@ def rehyat_step(
         q, k, v, tokens_per_frame=p, chunk_frames=1,
         overlap_frames=overlap_frames, causal=True, mode="recurrent", initial_state=state,
     )
-    k_win = k if state.k_overlap.shape[2] == 0 else _cat_tokens(state.k_overlap, k)  # (B, H, m, d)
-    v_win = v if state.v_overlap.shape[2] == 0 else _cat_tokens(state.v_overlap, v)
-    out = softmax_window(q, k_win, v_win, scale)  # (B, H, n·P, d)
+    scratch = inference_scratch(scratch)
+    k_win = _with_overlap(state.k_overlap, k, scratch, "window.k")  # (B, H, m, d)
+    v_win = _with_overlap(state.v_overlap, v, scratch, "window.v")
+    o_soft = softmax_window(q, k_win, v_win, scale)  # (B, H, n·P, d)
     sz = state_matrix(state.kv, state.k_sum) if state.has_linear_part else None
     if sz is not None:
-        out = hybrid_output(out, features(phi_q, q, "phi_q"), sz)
+        o_soft = hybrid_output(o_soft, features(phi_q, q, "phi_q", scratch), sz, out=out, scratch=scratch)
+    elif out is not None:
+        o_soft = out.copy_(o_soft)
 
     if not carry_state:
-        return out, state
+        return o_soft, state
     window_frames = k_win.shape[2] // p
     leaving = max(window_frames - overlap_frames, 0) * p
     if leaving:
-        added = absorb(phi_k, k_win[:, :, :leaving], v_win[:, :, :leaving])  # (B, H, d', d+1)
+        added = absorb(phi_k, k_win[:, :, :leaving], v_win[:, :, :leaving], scratch)  # (B, H, d', d+1)
         sz = added if sz is None else sz + added
     k_ov, v_ov = take_overlap(k_win, v_win, k_win.shape[2] - leaving)
     if sz is None:
@@ -82,7 +91,7 @@ def rehyat_step(
         kv=kv, k_sum=k_sum, k_overlap=k_ov, v_overlap=v_ov,
         frames_seen=state.frames_seen + q.shape[2] // p,
     )
-    return out, next_state
+    return o_soft, next_state
 
 
 def rehyat_attention_recurrent(
@@ -99,6 +108,7 @@ def rehyat_attention_recurrent(
     scale: float | None = None,
     initial_state: RecurrentState | None = None,
     output_final_state: bool = False,
+    scratch: Scratch | None = None,
 ) -> Tensor | tuple[Tensor, RecurrentState]:
     """ReHyAt attention by running :func:`rehyat_step` over the chunks (same numbers as parallel)."""
     num_frames = validate_inputs(
@@ -109,17 +119,27 @@ def rehyat_attention_recurrent(
     p = tokens_per_frame
     state = initial_state if initial_state is not None else RecurrentState.empty(k)
     out = q.new_empty(q.shape)  # (B, H, N, d)
+    scratch = inference_scratch(scratch)
     chunks = chunk_layout(num_frames, chunk_frames, overlap_frames)
     for chunk in chunks:
         rows = slice(chunk.frame_start * p, chunk.frame_end * p)
-        out[:, :, rows], state = rehyat_step(
+        _, state = rehyat_step(
             q[:, :, rows], k[:, :, rows], v[:, :, rows], state,
             phi_q=phi_q, phi_k=phi_k, tokens_per_frame=p, overlap_frames=overlap_frames, scale=scale,
-            carry_state=output_final_state or chunk is not chunks[-1],
+            carry_state=output_final_state or chunk is not chunks[-1], out=out[:, :, rows], scratch=scratch,
         )
     return (out, state) if output_final_state else out
 
 
-def _cat_tokens(a: Tensor, b: Tensor) -> Tensor:
-    """Concatenate overlap tokens ``a`` before chunk tokens ``b`` along the token axis."""
-    return torch.cat([a.to(b.dtype), b], dim=2)
+def _with_overlap(overlap: Tensor, chunk: Tensor, scratch: Scratch | None, name: str) -> Tensor:
+    """The chunk's tokens with the overlap tokens before them (token axis), in ``scratch`` if given."""
+    if overlap.shape[2] == 0:
+        return chunk
+    batch, heads, n_ov, dim = overlap.shape
+    shape = (batch, heads, n_ov + chunk.shape[2], dim)
+    if scratch is None:
+        return torch.cat([overlap.to(chunk.dtype), chunk], dim=2)
+    window = scratch.get(name, shape, dtype=chunk.dtype, device=chunk.device)
+    window[:, :, :n_ov].copy_(overlap)
+    window[:, :, n_ov:].copy_(chunk)
+    return window
