@@ -6,6 +6,7 @@ No assertion is made on speed; this runs the tiny preset once in a subprocess (a
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,12 @@ def test_times_positive_and_metrics_consistent(report: dict) -> None:
             assert row[f"speedup_{form}"] == pytest.approx(speedup)
             assert row[f"flop_ratio_{form}"] == pytest.approx(ratio)
             assert row[f"efficiency_{form}"] == pytest.approx(speedup / ratio)
-        assert row["meets_target"] == (row["efficiency"] >= 0.8)
+            paired = statistics.median(
+                s / f for s, f in zip(cases["softmax"]["times_s"], cases[form]["times_s"], strict=True))
+            assert row[f"paired_speedup_{form}"] == pytest.approx(paired)
+            assert row[f"paired_efficiency_{form}"] == pytest.approx(paired / ratio)
+        assert row["meets_target"] == (row["paired_efficiency_parallel"] >= 0.8)
+        assert row["meets_target_recurrent"] == (row["paired_efficiency_recurrent"] >= 0.8)
 
 
 def test_counted_flops_match_analytic(report: dict) -> None:
