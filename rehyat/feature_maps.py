@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FeatureMapConfig
-from .ops.scratch import Scratch
+from .ops.scratch import FEATURES, TEMPORARY, Scratch
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -78,9 +78,10 @@ class HeadwiseFeatureMap(nn.Module):
     def forward(self, x: Tensor, scratch: Scratch | None = None) -> Tensor:
         """Map ``x`` ``(B, H, n, d)`` to features ``(B, H, n, d')``, all > 0, fp32 (fp64 for fp64).
 
-        With autograd off the maths runs in place; given a ``scratch`` the hidden layer and the
-        features live in its buffers ``"phi.hidden"`` / ``"phi.features"`` (so the result is valid
-        until the next feature-map call with the same scratch).
+        With autograd off the maths runs in place; given a ``scratch`` the hidden layer lives in its
+        :data:`~rehyat.ops.scratch.TEMPORARY` buffer and the features in its
+        :data:`~rehyat.ops.scratch.FEATURES` buffer (valid until the next feature-map call with
+        the same scratch).
         """
         if x.ndim != 4 or x.shape[1] != self.num_heads or x.shape[3] != self.head_dim:
             raise ValueError(
@@ -109,10 +110,10 @@ class HeadwiseFeatureMap(nn.Module):
         output) instead of six, taken from ``scratch`` when given.
         """
         heads, m, _ = xh.shape
-        hidden = _buffer(scratch, "phi.hidden", (heads, m, self.config.hidden_dim), self.weight1)
+        hidden = _buffer(scratch, TEMPORARY, (heads, m, self.config.hidden_dim), self.weight1)
         torch.baddbmm(self.bias1, xh, self.weight1, out=hidden)  # (H, m, h)
         hidden = _activation_inplace(self.config.activation, hidden)
-        pre = _buffer(scratch, "phi.features", (heads, m, self.config.feature_dim), self.weight2)
+        pre = _buffer(scratch, FEATURES, (heads, m, self.config.feature_dim), self.weight2)
         torch.baddbmm(self.bias2, hidden, self.weight2, out=pre)  # (H, m, d')
         pre = pre.to(_at_least_fp32(pre.dtype))
         torch.logaddexp(pre, pre.new_zeros(()), out=pre)  # softplus, in place

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import check_features
-from .scratch import Scratch
+from .scratch import TEMPORARY, Scratch
 
 
 def softmax_window(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
@@ -28,13 +28,13 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def values_with_ones(v: Tensor, scratch: Scratch | None = None) -> Tensor:
     """``[v, 1]`` in the accumulation dtype, ``(B, H, n, d+1)``: one matmul yields both S and z.
 
-    With a ``scratch`` the result lives in its ``"values1"`` buffer.
+    With a ``scratch`` the result lives in its :data:`~rehyat.ops.scratch.TEMPORARY` buffer.
     """
     acc = accumulation_dtype(v.dtype)
     if scratch is None:
         return torch.cat([v.to(acc), v.new_ones(*v.shape[:-1], 1, dtype=acc)], dim=-1)
     *lead, d = v.shape
-    out = scratch.get("values1", (*lead, d + 1), dtype=acc, device=v.device)
+    out = scratch.get(TEMPORARY, (*lead, d + 1), dtype=acc, device=v.device)
     out[..., :d].copy_(v)
     out[..., d].fill_(1.0)
     return out
@@ -76,9 +76,9 @@ def hybrid_output(
     """``(o_soft + φq·S) / (1 + φq·z)`` in fp32, returned in ``o_soft``'s dtype.
 
     Shapes: o_soft ``(B, H, n, d)``, fq ``(B, H, n, d')`` fp32, sz ``(B, H, d', d+1)`` fp32.
-    With autograd off the maths runs in the readout buffer (``scratch``'s ``"readout"`` when
-    given) and the result is written into ``out`` (any strides, ``o_soft``'s dtype), or over
-    ``o_soft`` itself when ``out`` is None.
+    With autograd off the maths runs in the readout buffer (``scratch``'s
+    :data:`~rehyat.ops.scratch.TEMPORARY` when given) and the result is written into ``out``
+    (any strides, ``o_soft``'s dtype), or over ``o_soft`` itself when ``out`` is None.
     """
     if torch.is_grad_enabled():
         readout = fq @ sz  # (B, H, n, d+1)
@@ -89,7 +89,7 @@ def hybrid_output(
         readout = fq @ sz
     else:
         shape = (*fq.shape[:-1], sz.shape[-1])
-        readout = torch.matmul(fq, sz, out=scratch.get("readout", shape, dtype=sz.dtype, device=sz.device))
+        readout = torch.matmul(fq, sz, out=scratch.get(TEMPORARY, shape, dtype=sz.dtype, device=sz.device))
     numer, denom = readout[..., :-1], readout[..., -1:]
     numer.add_(o_soft)
     denom.add_(1.0)

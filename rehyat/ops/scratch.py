@@ -4,8 +4,14 @@ Every chunk needs the same few chunk-sized temporaries (φ's hidden layer and fe
 ``[v, 1]`` matrix, the ``φq·[S, z]`` readout). On CUDA the caching allocator hands back the same
 blocks each time; on CPU there is no caching allocator, and a fresh multi-MiB tensor is paid for
 with a page fault per 4 KiB page on first touch (≈10 % of a chunk's time for Wan2.1-1.3B shapes).
-A :class:`Scratch` keeps one buffer per role for the duration of an op call (or a sampler step),
+A :class:`Scratch` keeps one buffer per role for the duration of an op call (or a model forward),
 so the pages stay warm. It is used only when autograd is off: training keeps fresh tensors.
+
+Roles whose lifetimes never overlap share a buffer, so the working set stays at the few tensors
+that are alive together: :data:`TEMPORARY` holds whatever dies inside the call that asked for it
+(φ's hidden layer, the ``[v, 1]`` matrix, the ``φq·[S, z]`` readout), :data:`FEATURES` holds a
+feature map's output until its caller has consumed it, and the recurrent step keeps its
+overlap-plus-chunk key/value windows in ``"window.k"`` / ``"window.v"``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import math
 
 import torch
 from torch import Tensor
+
+TEMPORARY = "temporary"
+FEATURES = "features"
 
 
 class Scratch:
