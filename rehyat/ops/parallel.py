@@ -64,7 +64,7 @@ def rehyat_attention_parallel(
     linear = _LinearSets(k_ext, v_ext, phi_k, p, chunks, causal, start_sz, scratch)
 
     out = q.new_empty(q.shape)  # (B, H, N, d)
-    for chunk in chunks:
+    for index, chunk in enumerate(chunks):
         rows = slice(chunk.frame_start * p, chunk.frame_end * p)
         window = slice(chunk.window_start * p, chunk.window_end * p)
         o = softmax_window(q[:, :, rows], k_ext[:, :, window], v_ext[:, :, window], scale)
@@ -74,6 +74,12 @@ def rehyat_attention_parallel(
         else:
             fq = features(phi_q, q[:, :, rows], "phi_q", scratch)
             hybrid_output(o, fq, sz, out=out[:, :, rows], scratch=scratch)
+        if causal:
+            # Absorb the frames leaving the softmax window now, while this window's keys and
+            # values are still in cache (same sums as absorbing them before the next chunk).
+            last = index == len(chunks) - 1
+            if not last or output_final_state:
+                linear.prefix_at(final_cut if last else chunks[index + 1].window_start)
     if not output_final_state:
         return out
     return out, _final_state(linear.prefix_at(final_cut), k_ext, v_ext, final_cut * p, state, num_frames)
@@ -82,8 +88,9 @@ def rehyat_attention_parallel(
 class _LinearSets:
     """``[S, z]`` sums of ``φk(k)[v, 1]ᵀ`` over frames, read at chunk window bounds.
 
-    Causal: one running prefix, advanced segment by segment as the chunks are read in order, so
-    memory is one ``(B, H, d', d+1)`` sum plus one segment's temporaries. Non-causal: segment sums
+    Causal: one running prefix, advanced segment by segment in frame order (the driver advances
+    it right after each chunk, while that chunk's window is warm), so memory is one
+    ``(B, H, d', d+1)`` sum plus one segment's temporaries. Non-causal: segment sums
     between all window bounds with their prefix and suffix sums (one per bound).
     """
 
