@@ -116,7 +116,7 @@ class HeadwiseFeatureMap(nn.Module):
         pre = _buffer(scratch, FEATURES, (heads, m, self.config.feature_dim), self.weight2)
         torch.baddbmm(self.bias2, hidden, self.weight2, out=pre)  # (H, m, d')
         pre = pre.to(_at_least_fp32(pre.dtype))
-        torch.logaddexp(pre, pre.new_zeros(()), out=pre)  # softplus, in place
+        torch.ops.aten.softplus.out(pre, 1, 20, out=pre)  # F.softplus (same threshold), in place
         pre.add_(self.config.eps)
         for power, part in enumerate(pre.chunk(self.config.degree, dim=-1), start=1):
             if power > 1:
