@@ -3,7 +3,9 @@
 The linear part comes from segment sums ``Σ_j φk(k_j) [v_j, 1]ᵀ`` between consecutive window
 bounds and their prefix (and, non-causal, suffix) sums; queries read them chunk by chunk, and the
 softmax part runs the device's fused SDPA kernel once per chunk over its window. Temporaries are
-chunk-sized; everything is differentiable and the state is never mutated in place.
+chunk-sized. With autograd on everything is differentiable and nothing is mutated in place; with
+autograd off the temporaries live in a reused :class:`~rehyat.ops.scratch.Scratch` and the
+element-wise maths runs in place (the returned state never aliases it).
 """
 
 from __future__ import annotations
