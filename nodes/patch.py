@@ -18,6 +18,7 @@ class ReHyAtPatchWan(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        """Inputs: the model, an optional φ file and the conversion settings; output: the clone."""
         return io.Schema(
             node_id="ReHyAtPatchWan",
             display_name="ReHyAt Patch Wan",
@@ -44,6 +45,7 @@ class ReHyAtPatchWan(io.ComfyNode):
     @classmethod
     def execute(cls, model, phi_file, num_blocks, placement, chunk_frames, overlap_frames, causal,
                 forward_mode) -> io.NodeOutput:
+        """Patch a clone of ``model``: φ from ``phi_file`` (its settings win) or untrained φ."""
         wan = model.get_model_object("diffusion_model")
         if phi_file == NO_FILE:
             config = ConversionConfig(

@@ -5,11 +5,13 @@ Every other module takes its defaults from here, so a default changes in one pla
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Activation = Literal["relu", "gelu", "silu"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu")
+EPS_MIN = 1e-12  # smallest FeatureMapConfig.eps: eps² must stay a normal fp32 number
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,9 @@ class FeatureMapConfig:
         activation: non-linearity between the two layers.
         init_bias: initial bias of the output layer (before softplus); sets the kernel's initial
             scale: softplus(−6) ≈ 2.5e-3 per feature, so φq·φk ≈ 1e-3 per key pair at init — the
-            size of one softmax weight over a window of ~1000 tokens.
-        eps: floor added to ψ = softplus(·) so every feature is ≥ eps^degree > 0 in fp32.
+            size of one softmax weight over a window of ~1000 tokens. Allowed: [-50, 50].
+        eps: floor added to ψ = softplus(·), in [1e-12, 1]: the first part's features are ≥ eps, so
+            φq·φk ≥ (feature_dim / degree)·eps² > 0 in fp32 (eps² stays a normal fp32 number).
     """
 
     hidden_dim: int = 256
@@ -48,8 +51,8 @@ class FeatureMapConfig:
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}")
-        if not (0.0 < self.eps <= 1.0):
-            raise ValueError(f"eps must be in (0, 1]; got {self.eps}")
+        _require_real("init_bias", self.init_bias, low=-50.0, high=50.0)
+        _require_real("eps", self.eps, low=EPS_MIN, high=1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-serialisable)."""
@@ -102,6 +105,13 @@ def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(names)}")
     return dict(data)
+
+
+def _require_real(name: str, value: Any, *, low: float, high: float) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a real number in ``[low, high]``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (low <= value <= high):
+        raise ValueError(f"{name} must be a real number in [{low:g}, {high:g}]; got {value!r}")
 
 
 def _require_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:

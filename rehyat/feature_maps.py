@@ -5,9 +5,11 @@ Each map is a per-head 2-layer MLP — a grouped 1×1 convolution with one group
 expansion: the MLP output ψ is split into P equal parts and part i is raised to the power i,
 ``φ(x) = [ψ₁(x)¹, ψ₂(x)², …, ψ_P(x)^P]``.
 
-Positivity guarantee: ψ = softplus(h) + eps with eps > 0, computed in fp32. Every feature is
-therefore ≥ eps^i > 0 (softplus never returns a negative value, and its fp32 underflow to 0 is
-covered by eps), so for any inputs ``φq(q)·φk(k) ≥ d'/P · Σᵢ eps^{2i} > 0``.
+Positivity guarantee: ψ = softplus(h) + eps with eps ∈ [1e-12, 1], computed in fp32. Softplus
+never returns a negative value (its fp32 underflow to 0 is covered by eps), so every feature of
+part i is ≥ eps^i ≥ 0 and every feature of the first part is ≥ eps. Hence for any inputs
+``φq(q)·φk(k) ≥ (d'/P)·eps² > 0``: eps² ≥ 1e-24 is a normal fp32 number, whatever the higher
+powers round to.
 
 Initialisation: first layer ~ U(±1/√d) (unit-gain for unit-variance queries), second layer
 ~ U(±1/√hidden), output bias ``init_bias`` (−6 by default: features start near softplus(−6)≈2.5e-3

@@ -63,11 +63,30 @@ def test_polynomial_parts_follow_the_degree():
     ({"degree": 0}, "degree must be an integer in"),
     ({"hidden_dim": 0}, "hidden_dim must be an integer ≥ 1"),
     ({"activation": "tanh"}, "activation must be one of"),
-    ({"eps": 0.0}, r"eps must be in \(0, 1\]"),
+    ({"eps": 0.0}, r"eps must be a real number in \[1e-12, 1\]; got 0.0"),
+    ({"eps": 1e-30}, r"eps must be a real number in \[1e-12, 1\]"),
+    ({"eps": "1e-4"}, r"eps must be a real number in \[1e-12, 1\]; got '1e-4'"),
+    ({"init_bias": float("nan")}, r"init_bias must be a real number in \[-50, 50\]; got nan"),
+    ({"init_bias": float("inf")}, r"init_bias must be a real number in \[-50, 50\]"),
+    ({"init_bias": True}, r"init_bias must be a real number"),
 ])
 def test_config_errors(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         FeatureMapConfig(**kwargs)
+
+
+def test_smallest_eps_keeps_the_kernel_positive_when_softplus_underflows():
+    """At the smallest allowed eps, features whose softplus underflows still give φq·φk > 0."""
+    cfg = FeatureMapConfig(hidden_dim=4, feature_dim=4, eps=1e-12, init_bias=-50.0)
+    fmap = HeadwiseFeatureMap(1, 4, cfg)
+    with torch.no_grad():
+        fmap.weight2.zero_()  # ψ = softplus(-50) + eps: softplus(-50) ≈ 2e-22 is below eps's ulp
+    x = torch.randn(1, 1, 3, 4)
+    with torch.no_grad():
+        features = fmap(x)  # (1, 1, 3, 4)
+    kernel = features[0, 0] @ features[0, 0].T  # (3, 3)
+    assert torch.all(kernel > 0)
+    assert float(kernel.min()) >= 2 * 1e-24 * 0.99  # (d'/P)·eps²
 
 
 def test_configs_round_trip_through_dicts():

@@ -63,3 +63,26 @@ def test_feature_map_with_wrong_output_shape():
     with pytest.raises(ValueError, match=r"overlap_frames must be an integer ≥ 0; got -2"):
         rehyat_step(QKV[0], QKV[1], QKV[2], RecurrentState.empty(QKV[1]), phi_q=MAPS.phi_q,
                     phi_k=MAPS.phi_k, tokens_per_frame=3, overlap_frames=-2)
+
+
+def test_step_without_a_state():
+    with pytest.raises(TypeError, match=r"state must be a RecurrentState \(RecurrentState.empty\(k\)"):
+        rehyat_step(QKV[0], QKV[1], QKV[2], None, phi_q=MAPS.phi_q, phi_k=MAPS.phi_k,
+                    tokens_per_frame=3, overlap_frames=1)
+
+
+WIDE = FeatureMapPair(2, 8, FeatureMapConfig(hidden_dim=4, feature_dim=6))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent", "naive"])
+def test_feature_maps_of_different_widths(mode):
+    with pytest.raises(ValueError, match=r"phi_q gives d'=6 features but .*d'=4"):
+        call(phi_q=WIDE.phi_q, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent", "naive"])
+def test_state_from_feature_maps_of_another_width(mode):
+    _, state = call(phi_q=WIDE.phi_q, phi_k=WIDE.phi_k, output_final_state=True)
+    assert state.feature_dim == 6
+    with pytest.raises(ValueError, match=r"d'=4 features but .*d'=6"):
+        call(initial_state=state, mode=mode)

@@ -248,3 +248,26 @@ def test_calls_sharing_a_scratch_match_naive(mode):
         out = rehyat_attention(q, k, v, mode=mode, scratch=scratch, **kw)
         torch.testing.assert_close(out, rehyat_attention_naive(q, k, v, **kw), atol=1e-5, rtol=1e-5)
     assert (scratch.nbytes > 0) == (mode != "naive")
+
+
+def test_state_detach_and_to():
+    q, k, v, maps = make_inputs(1, 2, 3, 8, 5, seed=11, requires_grad=True)
+    _, state = rehyat_attention(q, k, v, output_final_state=True, **op_kwargs(maps, 3, 2, 1, True))
+    assert state.kv.requires_grad and state.k_overlap.requires_grad
+    cut = state.detach()
+    assert not any(t.requires_grad for t in (cut.kv, cut.k_sum, cut.k_overlap, cut.v_overlap))
+    assert cut.frames_seen == state.frames_seen == 5
+    torch.testing.assert_close(cut.kv, state.kv.detach(), rtol=0, atol=0)
+    half = cut.to(dtype=torch.float16)  # the overlap K/V follow dtype; S and z stay fp32
+    assert half.k_overlap.dtype == half.v_overlap.dtype == torch.float16
+    assert half.kv.dtype == half.k_sum.dtype == torch.float32
+    assert half.frames_seen == 5
+    moved = cut.to("meta")
+    assert all(t.device.type == "meta" for t in (moved.kv, moved.k_sum, moved.k_overlap, moved.v_overlap))
+    # A state moved to fp16 and back still continues the sequence like the original (to fp16 rounding).
+    q2, k2, v2, _ = make_inputs(1, 2, 3, 8, 2, seed=12)
+    kw = op_kwargs(maps, 3, 2, 1, True)
+    with torch.no_grad():
+        ref = rehyat_attention(q2, k2, v2, initial_state=cut, **kw)
+        got = rehyat_attention(q2, k2, v2, initial_state=half.to(dtype=torch.float32), **kw)
+    torch.testing.assert_close(got, ref, atol=5e-3, rtol=5e-3)

@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+import pytest
 from comfy_support import comfy_or_skip
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10 needs tomli")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,11 @@ never touched:
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -160,7 +162,9 @@ def comfy_fingerprint(model_patcher: Any) -> list[float]:
     return fingerprint_module(wan, "wan", num_layers=len(wan.blocks))
 
 
-def load_phi_for_comfy(model_patcher: Any, path) -> tuple[ConversionConfig, dict[int, HybridAttention]]:
+def load_phi_for_comfy(
+    model_patcher: Any, path: str | os.PathLike[str],
+) -> tuple[ConversionConfig, dict[int, HybridAttention]]:
     """Read a φ file, check it fits this model (shape and fingerprint) and build its φ modules."""
     phi = load_phi_weights(path)
     check_compatible(phi, comfy_base_info(model_patcher), comfy_fingerprint(model_patcher))
@@ -170,7 +174,7 @@ def load_phi_for_comfy(model_patcher: Any, path) -> tuple[ConversionConfig, dict
     return phi.config, hybrid
 
 
-def save_phi_from_comfy(patched_clone: Any, path):
+def save_phi_from_comfy(patched_clone: Any, path: str | os.PathLike[str]) -> Path:
     """Write the φ of a clone returned by :func:`patch_comfy_wan` to a φ file (atomically)."""
     patch = comfy_patch_info(patched_clone)
     if patch is None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import check_features
 from .scratch import TEMPORARY, Scratch
+
+FeatureMap = Callable[[Tensor], Tensor]  # (B, H, n, d) -> (B, H, n, d'), non-negative
 
 
 def softmax_window(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
@@ -50,7 +54,7 @@ def split_state_matrix(sz: Tensor) -> tuple[Tensor, Tensor]:
     return sz[..., :-1], sz[..., -1]
 
 
-def features(phi, x: Tensor, name: str, scratch: Scratch | None = None) -> Tensor:
+def features(phi: FeatureMap, x: Tensor, name: str, scratch: Scratch | None = None) -> Tensor:
     """Apply a feature map; features ``(B, H, n, d')`` in the accumulation dtype, shape-checked.
 
     Feature maps that declare ``accepts_scratch`` (ours do) get ``scratch`` to keep their
@@ -64,7 +68,7 @@ def features(phi, x: Tensor, name: str, scratch: Scratch | None = None) -> Tenso
     return out.to(accumulation_dtype(x.dtype))
 
 
-def absorb(phi_k, k: Tensor, v: Tensor, scratch: Scratch | None = None) -> Tensor:
+def absorb(phi_k: FeatureMap, k: Tensor, v: Tensor, scratch: Scratch | None = None) -> Tensor:
     """``Σ_j φk(k_j) [v_j, 1]ᵀ`` over all tokens of ``k, v``: fp32 ``(B, H, d', d+1)``."""
     fk = features(phi_k, k, "phi_k", scratch)  # (B, H, n, d')
     return fk.transpose(-1, -2) @ values_with_ones(v, scratch)
@@ -80,6 +84,11 @@ def hybrid_output(
     :data:`~rehyat.ops.scratch.TEMPORARY` when given) and the result is written into ``out``
     (any strides, ``o_soft``'s dtype), or over ``o_soft`` itself when ``out`` is None.
     """
+    if fq.shape[-1] != sz.shape[-2]:
+        raise ValueError(
+            f"phi_q gives d'={fq.shape[-1]} features but the linear sums [S, z] have d'={sz.shape[-2]} "
+            "(from phi_k or the recurrent state); phi_q, phi_k and the state must share one feature width"
+        )
     if torch.is_grad_enabled():
         readout = fq @ sz  # (B, H, n, d+1)
         numer, denom = readout[..., :-1], readout[..., -1:]
@@ -94,6 +103,16 @@ def hybrid_output(
     numer.add_(o_soft)
     denom.add_(1.0)
     return torch.div(numer, denom, out=o_soft if out is None else out)
+
+
+def add_to_state(state_sz: Tensor, added: Tensor) -> Tensor:
+    """``state_sz + added``: a state's ``[S, z]`` plus the sums of new frames, width-checked."""
+    if state_sz.shape[-2] != added.shape[-2]:
+        raise ValueError(
+            f"phi_k gives d'={added.shape[-2]} features but the recurrent state holds d'="
+            f"{state_sz.shape[-2]}: a state only continues with feature maps of the width that built it"
+        )
+    return state_sz + added
 
 
 def take_overlap(k_win: Tensor, v_win: Tensor, keep_tokens: int) -> tuple[Tensor, Tensor]:

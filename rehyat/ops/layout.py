@@ -143,3 +143,17 @@ def check_features(name: str, features: Tensor, like: Tensor) -> None:
             f"{name} must map (B, H, n, d) to (B, H, n, d'); got {tuple(features.shape)} "
             f"for input {tuple(like.shape)}"
         )
+
+
+def check_feature_widths(fq: Tensor, fk: Tensor, state: RecurrentState | None = None) -> None:
+    """φq's and φk's outputs (and a state holding S, z) must share the feature width d'."""
+    if fq.shape[-1] != fk.shape[-1]:
+        raise ValueError(
+            f"phi_q gives d'={fq.shape[-1]} features but phi_k gives d'={fk.shape[-1]}; "
+            "phi_q, phi_k and the state must share one feature width"
+        )
+    if state is not None and state.feature_dim and state.feature_dim != fk.shape[-1]:
+        raise ValueError(
+            f"phi_k gives d'={fk.shape[-1]} features but the recurrent state holds d'={state.feature_dim}: "
+            "a state only continues with feature maps of the width that built it"
+        )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .layout import check_features, chunk_layout, validate_inputs
+from .layout import check_feature_widths, check_features, chunk_layout, validate_inputs
 from .scratch import Scratch
 from .state import RecurrentState
 
@@ -63,6 +63,7 @@ def rehyat_attention_naive(
     fk = phi_k(k_ext)
     check_features("phi_q", fq, q)
     check_features("phi_k", fk, k_ext)
+    check_feature_widths(fq, fk, initial_state)
     weights = (fq.double() @ fk.double().transpose(-1, -2)) * lin_mask  # (B, H, N, N_ext)
     numer = o_soft + weights @ v_ext.double()
     denom = 1.0 + weights.sum(-1, keepdim=True)

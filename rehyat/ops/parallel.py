@@ -10,13 +10,13 @@ element-wise maths runs in place (the returned state never aliases it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from .kernels import (
+    FeatureMap,
     absorb,
+    add_to_state,
     features,
     hybrid_output,
     softmax_window,
@@ -26,8 +26,6 @@ from .kernels import (
 from .layout import Chunk, chunk_layout, validate_inputs
 from .scratch import Scratch, inference_scratch
 from .state import RecurrentState
-
-FeatureMap = Callable[[Tensor], Tensor]
 
 
 def rehyat_attention_parallel(
@@ -104,7 +102,6 @@ class _LinearSets:
         self._k, self._v, self._phi_k, self._p = k_ext, v_ext, phi_k, p
         total_frames = k_ext.shape[2] // p
         ends = set() if causal else {c.window_end for c in chunks if c.window_end < total_frames}
-        self.any_for_queries = start_sz is not None or any(c.window_start > 0 for c in chunks) or bool(ends)
         self._position, self._running = 0, None  # causal running prefix over frames [0, position)
         self.prefix: dict[int, Tensor] = {}
         self.suffix: dict[int, Tensor] = {}
@@ -145,7 +142,7 @@ class _LinearSets:
             sz = self.prefix.get(frame) if frame > 0 else None
         if self.start_sz is None:
             return sz
-        return self.start_sz if sz is None else sz + self.start_sz
+        return self.start_sz if sz is None else add_to_state(self.start_sz, sz)
 
     def for_chunk(self, chunk: Chunk) -> Tensor | None:
         """``[S, z]`` of the chunk's linear set ``(B, H, d', d+1)``; None when the set is empty."""

@@ -5,13 +5,13 @@ Working memory is one chunk's activations plus the state — independent of the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from .kernels import (
+    FeatureMap,
     absorb,
+    add_to_state,
     features,
     hybrid_output,
     softmax_window,
@@ -22,8 +22,6 @@ from .kernels import (
 from .layout import chunk_layout, validate_inputs
 from .scratch import Scratch, inference_scratch
 from .state import RecurrentState
-
-FeatureMap = Callable[[Tensor], Tensor]
 
 
 def rehyat_step(
@@ -60,6 +58,11 @@ def rehyat_step(
         ``(out, next_state)``: ``out`` ``(B, H, n·P, d)``; ``next_state`` has absorbed every frame of
         (overlap + chunk) except the last ``To``, which become its overlap K/V.
     """
+    if not isinstance(state, RecurrentState):
+        raise TypeError(
+            f"state must be a RecurrentState (RecurrentState.empty(k) before the first chunk); "
+            f"got {type(state).__name__}"
+        )
     p = tokens_per_frame
     validate_inputs(
         q, k, v, tokens_per_frame=p, chunk_frames=1,
@@ -81,7 +84,7 @@ def rehyat_step(
     leaving = max(window_frames - overlap_frames, 0) * p
     if leaving:
         added = absorb(phi_k, k_win[:, :, :leaving], v_win[:, :, :leaving], scratch)  # (B, H, d', d+1)
-        sz = added if sz is None else sz + added
+        sz = added if sz is None else add_to_state(sz, added)
     k_ov, v_ov = take_overlap(k_win, v_win, k_win.shape[2] - leaving)
     if sz is None:
         kv, k_sum = state.kv, state.k_sum
