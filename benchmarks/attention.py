@@ -26,6 +26,7 @@ Usage::
 
     python benchmarks/attention.py --out /tmp/bench_attention.json
     python benchmarks/attention.py --quick --repeats 1          # seconds-long smoke run
+    python benchmarks/attention.py --pool run1.json run2.json   # pool saved runs' rounds
 """
 
 from __future__ import annotations
@@ -290,6 +291,50 @@ def timing_sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
         return [time_frames(cfg, maps, frames) for frames in cfg.frames]
 
 
+# Config fields that define the timed workload: runs pooled together must agree on all of them.
+WORKLOAD_FIELDS = ("batch", "heads", "head_dim", "tokens_per_frame", "chunk_frames", "overlap_frames",
+                   "feature_map", "seed", "dtype")
+
+
+def pool_timing(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Timing rows of several runs of one workload pooled: their rounds concatenated per size.
+
+    Medians, speed-ups and efficiencies are recomputed over all rounds (paired ratios stay within
+    their round). Only sizes present in every report are kept. Raises ValueError when the reports
+    time different workloads or count different FLOPs.
+    """
+    if not reports:
+        raise ValueError("pooling needs at least one report")
+    base = reports[0]["config"]
+    for index, other in enumerate(reports[1:], start=2):
+        differ = [key for key in WORKLOAD_FIELDS if other["config"].get(key) != base.get(key)]
+        if differ:
+            raise ValueError(f"report {index} times another workload (config {differ} differ); "
+                             "only runs of one workload can be pooled")
+    sizes = [{row["frames"]: row for row in report["timing"]} for report in reports]
+    common = sorted(set.intersection(*(set(rows) for rows in sizes)))
+    pooled = []
+    for frames in common:
+        rows = [by_frames[frames] for by_frames in sizes]
+        cases: dict[str, dict[str, Any]] = {}
+        for case in CASES:
+            entries = [row["cases"][case] for row in rows]
+            first = entries[0]
+            if any(e["counted_flops"] != first["counted_flops"] for e in entries):
+                raise ValueError(f"reports count different FLOPs for {case} at {frames} frames "
+                                 "(different op code?); they cannot be pooled")
+            times = [t for e in entries for t in e["times_s"]]
+            median = statistics.median(times)
+            cases[case] = {
+                **{key: first[key] for key in ("counted_flops", "analytic_flops", "predicted_flops",
+                                               "flops_by_op")},
+                "times_s": times, "median_s": median, "gflops_per_s": first["counted_flops"] / median / 1e9,
+            }
+        pooled.append({"frames": frames, "tokens": rows[0]["tokens"], "runs": len(rows), "cases": cases,
+                       **derived_metrics(cases)})
+    return pooled
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory sweep (one subprocess per measurement)
 # ---------------------------------------------------------------------------------------------
@@ -532,6 +577,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="also profile one parallel and one recurrent call at the first --frames")
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="REPORT",
+                        help="measure nothing: pool the timing rounds of these reports (runs of one "
+                             "workload) and print the pooled timing and summary")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement
     return parser.parse_args(argv)
 
@@ -561,11 +609,28 @@ def child_main(request: str) -> int:
     return 0
 
 
+def pool_main(paths: Sequence[Path], out: Path | None) -> int:
+    """``--pool``: print (and optionally write) the pooled timing of saved reports."""
+    try:
+        reports = [json.loads(Path(path).read_text()) for path in paths]
+        timing = pool_timing(reports)
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"--pool: {error}") from error
+    report = {"pooled_from": [str(path) for path in paths], "config": reports[0]["config"],
+              "timing": timing, "summary": summarize(timing, [])}
+    print(json.dumps(report, indent=2), flush=True)
+    if out:
+        write_json_atomic(out, report)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the selected sweeps and print (and optionally write) the JSON report."""
     args = parse_args(argv)
     if args.child:
         return child_main(args.child)
+    if args.pool:
+        return pool_main(args.pool, args.out)
     cfg = config_from_args(args)
     log(f"config: {json.dumps(cfg.to_dict())}")
     timing = [] if args.skip_timing else timing_sweep(cfg)

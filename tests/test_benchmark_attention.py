@@ -102,3 +102,45 @@ def test_memory_entries(report: dict) -> None:
     summary = report["summary"]
     assert set(summary["memory"]) == set(CASES)
     assert "recurrent_working_spread" in summary and "softmax_growth_factor" in summary
+
+
+def _pool(tmp_path: Path, *reports: dict) -> subprocess.CompletedProcess:
+    paths = []
+    for index, data in enumerate(reports):
+        path = tmp_path / f"run{index}.json"
+        path.write_text(json.dumps(data))
+        paths.append(str(path))
+    return subprocess.run([sys.executable, str(SCRIPT), "--pool", *paths], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_pool_concatenates_rounds_and_recomputes_metrics(report: dict, tmp_path: Path) -> None:
+    second = json.loads(json.dumps(report))
+    for row in second["timing"]:  # a second "run": every case twice as slow except softmax
+        for form in ("parallel", "recurrent"):
+            row["cases"][form]["times_s"] = [2 * t for t in row["cases"][form]["times_s"]]
+    proc = _pool(tmp_path, report, second)
+    assert proc.returncode == 0, proc.stderr
+    pooled = json.loads(proc.stdout)
+    assert len(pooled["pooled_from"]) == 2
+    for row, single in zip(pooled["timing"], report["timing"], strict=True):
+        assert row["runs"] == 2 and row["frames"] == single["frames"]
+        for case in CASES:
+            times = single["cases"][case]["times_s"] + second["timing"][report["timing"].index(single)][
+                "cases"][case]["times_s"]
+            assert row["cases"][case]["times_s"] == times
+            assert row["cases"][case]["median_s"] == pytest.approx(statistics.median(times))
+        ratio = row["flop_ratio_parallel"]
+        per_round = [s / f for s, f in zip(row["cases"]["softmax"]["times_s"],
+                                           row["cases"]["parallel"]["times_s"], strict=True)]
+        assert row["paired_efficiency_parallel"] == pytest.approx(statistics.median(per_round) / ratio)
+        assert row["meets_target"] == (row["paired_efficiency_parallel"] >= 0.8)
+    assert [r["frames"] for r in pooled["summary"]["timing"]] == [r["frames"] for r in report["timing"]]
+
+
+def test_pool_refuses_runs_of_different_workloads(report: dict, tmp_path: Path) -> None:
+    other = json.loads(json.dumps(report))
+    other["config"]["heads"] += 1
+    proc = _pool(tmp_path, report, other)
+    assert proc.returncode != 0
+    assert "--pool: report 2 times another workload (config ['heads'] differ)" in proc.stderr
