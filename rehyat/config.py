@@ -42,17 +42,17 @@ class FeatureMapConfig:
     eps: float = 1e-4
 
     def __post_init__(self) -> None:
-        _require_int("hidden_dim", self.hidden_dim, low=1)
-        _require_int("degree", self.degree, low=1, high=8)
-        _require_int("feature_dim", self.feature_dim, low=self.degree)
+        require_int("hidden_dim", self.hidden_dim, low=1)
+        require_int("degree", self.degree, low=1, high=8)
+        require_int("feature_dim", self.feature_dim, low=self.degree)
         if self.feature_dim % self.degree:
             raise ValueError(
                 f"feature_dim must be a multiple of degree ({self.degree}); got {self.feature_dim}"
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}")
-        _require_real("init_bias", self.init_bias, low=-50.0, high=50.0)
-        _require_real("eps", self.eps, low=EPS_MIN, high=1.0)
+        require_real("init_bias", self.init_bias, low=-50.0, high=50.0)
+        require_real("eps", self.eps, low=EPS_MIN, high=1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-serialisable)."""
@@ -82,8 +82,8 @@ class HybridAttentionConfig:
     feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
 
     def __post_init__(self) -> None:
-        _require_int("chunk_frames", self.chunk_frames, low=1)
-        _require_int("overlap_frames", self.overlap_frames, low=0)
+        require_int("chunk_frames", self.chunk_frames, low=1)
+        require_int("overlap_frames", self.overlap_frames, low=0)
         if not isinstance(self.causal, bool):
             raise ValueError(f"causal must be a bool; got {self.causal!r}")
         if isinstance(self.feature_map, dict):
@@ -107,14 +107,14 @@ def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
-def _require_real(name: str, value: Any, *, low: float, high: float) -> None:
+def require_real(name: str, value: Any, *, low: float, high: float) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a real number in ``[low, high]``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (low <= value <= high):
         raise ValueError(f"{name} must be a real number in [{low:g}, {high:g}]; got {value!r}")
 
 
-def _require_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+def require_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
     """Raise a ValueError naming ``name`` unless ``low <= value (<= high)`` is an int."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     ok = ok and (high is None or value <= high)
@@ -148,13 +148,13 @@ class ConversionConfig:
 
     def __post_init__(self) -> None:
         if self.num_blocks is not None:
-            _require_int("num_blocks", self.num_blocks, low=0)
+            require_int("num_blocks", self.num_blocks, low=0)
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}; got {self.placement!r}")
         if self.blocks is not None:
             blocks = tuple(self.blocks)
             for b in blocks:
-                _require_int("blocks[i]", b, low=0)
+                require_int("blocks[i]", b, low=0)
             if len(set(blocks)) != len(blocks):
                 raise ValueError(f"blocks must not repeat an index; got {list(blocks)}")
             object.__setattr__(self, "blocks", tuple(sorted(blocks)))
@@ -163,7 +163,7 @@ class ConversionConfig:
 
     def resolve_blocks(self, total_blocks: int) -> tuple[int, ...]:
         """The converted block indices for a model with ``total_blocks`` blocks."""
-        _require_int("total_blocks", total_blocks, low=1)
+        require_int("total_blocks", total_blocks, low=1)
         if self.blocks is not None:
             bad = [b for b in self.blocks if b >= total_blocks]
             if bad:

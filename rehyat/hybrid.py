@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .config import HybridAttentionConfig
+from .config import HybridAttentionConfig, require_int
 from .feature_maps import FeatureMapPair
 from .ops import RecurrentState, Scratch, rehyat_attention, rehyat_step
 
@@ -30,9 +30,7 @@ class FrameGrid:
 
     def __post_init__(self) -> None:
         for name in ("frames", "height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"FrameGrid.{name} must be an integer ≥ 1; got {value!r}")
+            require_int(f"FrameGrid.{name}", getattr(self, name), low=1)
 
     @property
     def tokens_per_frame(self) -> int:

@@ -36,7 +36,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from .config import ConversionConfig, FeatureMapConfig
+from .config import ConversionConfig, FeatureMapConfig, require_int
 from .hybrid import HybridAttention
 from .keymap import LAYOUTS, Layout, self_attention_keys
 
@@ -84,9 +84,7 @@ class BaseModelInfo:
 
     def __post_init__(self) -> None:
         for name in ("dim", "num_heads", "num_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"BaseModelInfo.{name} must be an integer ≥ 1; got {value!r}")
+            require_int(f"BaseModelInfo.{name}", getattr(self, name), low=1)
         if self.dim % self.num_heads:
             raise ValueError(
                 f"BaseModelInfo.dim ({self.dim}) must be a multiple of num_heads ({self.num_heads})"

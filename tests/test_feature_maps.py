@@ -75,6 +75,27 @@ def test_config_errors(kwargs, pattern):
         FeatureMapConfig(**kwargs)
 
 
+def test_shared_validators_name_the_parameter_and_range():
+    from rehyat.config import require_int, require_real
+    from rehyat.hybrid import FrameGrid
+    from rehyat.weights import BaseModelInfo
+
+    require_int("n", 3, low=1, high=3)
+    require_real("x", 0.5, low=0.0, high=1.0)
+    for value in (0, True, 2.0, "1"):
+        with pytest.raises(ValueError, match=r"n must be an integer ≥ 1; got "):
+            require_int("n", value, low=1)
+    with pytest.raises(ValueError, match=r"n must be an integer in \[1, 3\]; got 4"):
+        require_int("n", 4, low=1, high=3)
+    for value in (-0.1, float("nan"), "0.5", False):
+        with pytest.raises(ValueError, match=r"x must be a real number in \[0, 1\]; got "):
+            require_real("x", value, low=0.0, high=1.0)
+    with pytest.raises(ValueError, match=r"FrameGrid.width must be an integer ≥ 1; got True"):
+        FrameGrid(2, 3, True)
+    with pytest.raises(ValueError, match=r"BaseModelInfo.num_layers must be an integer ≥ 1; got 0"):
+        BaseModelInfo(dim=16, num_heads=2, num_layers=0)
+
+
 def test_smallest_eps_keeps_the_kernel_positive_when_softplus_underflows():
     """At the smallest allowed eps, features whose softplus underflows still give φq·φk > 0."""
     cfg = FeatureMapConfig(hidden_dim=4, feature_dim=4, eps=1e-12, init_bias=-50.0)
