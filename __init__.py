@@ -2,17 +2,12 @@
 
 Guarded: importing this package outside ComfyUI (no ``comfy_api``) works and simply exposes no
 nodes. Inside ComfyUI the V3 extension is served through ``comfy_entrypoint`` and the frontend
-extension from ``web/``.
+extension from ``web/``. The nodes import the pure-PyTorch core relatively (``from ..rehyat import
+…``), never through ``sys.path``: a pip-installed ``rehyat`` can neither shadow the pack's copy nor
+be shadowed by it.
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # make the pure-PyTorch core importable as ``rehyat``
-    sys.path.append(_HERE)
 
 WEB_DIRECTORY = "./web"
 

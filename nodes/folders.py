@@ -27,7 +27,7 @@ def phi_file_choices() -> list[str]:
 
 def phi_file_path(name: str) -> str:
     """Absolute path of a φ file chosen in a node; the name never escapes the models folder."""
-    from rehyat.weights import resolve_in_folder
+    from ..rehyat.weights import resolve_in_folder
 
     for folder in folder_paths.get_folder_paths(FOLDER_NAME):
         candidate = os.path.join(folder, name)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from rehyat.config import PLACEMENTS, ConversionConfig, FeatureMapConfig, HybridAttentionConfig
-from rehyat.integrations.comfyui_wan import FORWARD_MODES, build_hybrid_modules, patch_comfy_wan
-
+from ..rehyat.config import PLACEMENTS, ConversionConfig, FeatureMapConfig, HybridAttentionConfig
+from ..rehyat.integrations.comfyui_wan import FORWARD_MODES, build_hybrid_modules, patch_comfy_wan
 from .folders import phi_file_choices, phi_file_path
 
 NO_FILE = "(none: untrained φ)"
