@@ -57,3 +57,6 @@ class ReHyAtPatchWan(io.ComfyNode):
 
             config, hybrid = load_phi_for_comfy(model, phi_file_path(phi_file))
         return io.NodeOutput(patch_comfy_wan(model, config, hybrid, forward_mode=forward_mode))
+
+
+NODES = [ReHyAtPatchWan]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import COMMAND_MODULES
+from .commands import command_modules
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
@@ -20,8 +19,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser.add_argument("--version", action="version", version=f"rehyat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f".commands.{name}", __package__)
+    for module in command_modules():
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
