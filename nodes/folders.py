@@ -1,22 +1,42 @@
-"""The ``models/rehyat`` folder where φ weight files live (registered with ComfyUI)."""
+"""The pack's ComfyUI folders: ``models/rehyat`` (φ files) and ``output/rehyat_conditioning``.
+
+Both are registered with ComfyUI's ``folder_paths`` (so ``extra_model_paths.yaml`` can add more
+locations under the keys ``rehyat`` / ``rehyat_conditioning``), listed by the load nodes and
+written by the save nodes. Names from node inputs never escape their folder; symlinked
+sub-folders and files inside it are followed, as ComfyUI does for its own model folders.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import folder_paths
 
+from ..rehyat.weights import check_relative_name, resolve_in_folder
+
 FOLDER_NAME = "rehyat"
+CONDITIONING_FOLDER = "rehyat_conditioning"
 EXTENSIONS = {".safetensors"}
 
 
 def register_rehyat_folder() -> str:
-    """Register ``<ComfyUI>/models/rehyat`` (created if missing); return its path. Idempotent."""
-    path = os.path.join(folder_paths.models_dir, FOLDER_NAME)
-    os.makedirs(path, exist_ok=True)
-    folder_paths.add_model_folder_path(FOLDER_NAME, path, is_default=True)
-    paths, _ = folder_paths.folder_names_and_paths[FOLDER_NAME]
-    folder_paths.folder_names_and_paths[FOLDER_NAME] = (paths, set(EXTENSIONS))
+    """Register ``<ComfyUI>/models/rehyat`` (created if missing) and ``<output>/rehyat_conditioning``.
+
+    The conditioning folder is created by the first save. Idempotent; returns the φ folder's path.
+    """
+    path = _register(FOLDER_NAME, os.path.join(folder_paths.models_dir, FOLDER_NAME), create=True)
+    _register(CONDITIONING_FOLDER, os.path.join(folder_paths.get_output_directory(), CONDITIONING_FOLDER),
+              create=False)
+    return path
+
+
+def _register(name: str, path: str, *, create: bool) -> str:
+    if create:
+        os.makedirs(path, exist_ok=True)
+    folder_paths.add_model_folder_path(name, path, is_default=True)
+    paths, _ = folder_paths.folder_names_and_paths[name]
+    folder_paths.folder_names_and_paths[name] = (paths, set(EXTENSIONS))
     return path
 
 
@@ -25,12 +45,48 @@ def phi_file_choices() -> list[str]:
     return folder_paths.get_filename_list(FOLDER_NAME)
 
 
+def conditioning_file_choices() -> list[str]:
+    """Conditioning files available in the registered folders."""
+    return folder_paths.get_filename_list(CONDITIONING_FOLDER)
+
+
 def phi_file_path(name: str) -> str:
     """Absolute path of a φ file chosen in a node; the name never escapes the models folder."""
-    from ..rehyat.weights import resolve_in_folder
+    return str(file_path(FOLDER_NAME, name, "phi_file"))
 
-    for folder in folder_paths.get_folder_paths(FOLDER_NAME):
-        candidate = os.path.join(folder, name)
-        if os.path.exists(candidate):
-            return str(resolve_in_folder(folder, name))
-    raise ValueError(f"phi_file {name!r} not found in {folder_paths.get_folder_paths(FOLDER_NAME)}")
+
+def file_path(folder_name: str, name: str, parameter: str) -> Path:
+    """The file ``name`` in the first registered ``folder_name`` folder that has it.
+
+    Raises:
+        ValueError: naming ``parameter`` for a name that would escape the folder or is not found.
+    """
+    folders = folder_paths.get_folder_paths(folder_name)
+    for folder in folders:
+        try:
+            candidate = resolve_in_folder(folder, name, must_exist=False)
+        except ValueError as err:
+            raise ValueError(f"{parameter}: {err}") from None
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"{parameter} {name!r} not found in {folders} (refresh the node's list?)")
+
+
+def save_path(folder_name: str, filename_prefix: str, parameter: str = "filename_prefix") -> Path:
+    """A new, numbered ``.safetensors`` path for ``filename_prefix`` in the default ``folder_name`` folder.
+
+    Numbering follows ComfyUI's save nodes (``<prefix>_00001_.safetensors``, never overwriting);
+    the prefix may name sub-folders (created) but never leave the folder.
+    """
+    check_relative_name(filename_prefix, parameter)
+    folder = os.path.abspath(folder_paths.get_folder_paths(folder_name)[0])
+    try:
+        full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, folder)
+    except Exception as err:  # ComfyUI raises a bare Exception for an escaping prefix
+        raise ValueError(f"{parameter} {filename_prefix!r} is not allowed: {err}") from None
+    os.makedirs(full_folder, exist_ok=True)
+    path = Path(full_folder) / f"{filename}_{counter:05}_.safetensors"
+    while path.exists():  # a file of another extension or a race: take the next number
+        counter += 1
+        path = Path(full_folder) / f"{filename}_{counter:05}_.safetensors"
+    return path

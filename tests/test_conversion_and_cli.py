@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -62,7 +63,13 @@ def test_compare_main_job_reports_matching_forms(capsys):
     assert report["workload"]["tokens"] == 30
     assert report["max_abs_parallel_vs_recurrent"] < 1e-5
     assert report["gflops"]["rehyat"] > 0 and report["flop_ratio"] > 0
-    assert all(t > 0 for t in report["seconds"].values())
+    # Times are reported, never judged (no timing assertion): finite numbers, and the speed-ups are
+    # the ratios of the times printed in the same report.
+    seconds = report["seconds"]
+    assert set(seconds) == {"softmax", "rehyat_parallel", "rehyat_recurrent"}
+    assert all(math.isfinite(value) for value in seconds.values())
+    for form in ("parallel", "recurrent"):
+        assert report["speedup"][form] == pytest.approx(seconds["softmax"] / seconds[f"rehyat_{form}"])
 
 
 def test_compare_rejects_bad_arguments(capsys):
@@ -83,5 +90,5 @@ def test_compare_main_job_prints_its_table(capsys):
                 "max |parallel − recurrent|:", "recurrent state:", "φ parameters per block:"):
         assert row in table
     rec_line = next(line for line in table.splitlines() if line.startswith("rehyat recurrent"))
-    seconds, gflop, speedup = (float(x) for x in rec_line.split()[2:])
-    assert seconds >= 0 and gflop >= 0 and speedup > 0  # (GFLOP prints as 0.0 at this tiny size)
+    columns = rec_line.split()[2:]  # seconds, GFLOP, speed-up: printed numbers, not judged (timing)
+    assert len(columns) == 3 and all(math.isfinite(float(x)) for x in columns)

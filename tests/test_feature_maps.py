@@ -147,3 +147,40 @@ def test_inference_paths_equal_the_differentiable_path(activation):
     torch.testing.assert_close(first, expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(again, expected[:, :, :4], atol=1e-6, rtol=1e-6)
     assert held > 0 and scratch.nbytes == held
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_run_the_mlp_in_their_dtype(dtype):
+    """bf16 / fp16 inputs: both MLP layers in that dtype, softplus and powers in fp32, fp32 features;
+    the in-place inference path (with a Scratch) gives the same numbers."""
+    from rehyat.ops.scratch import Scratch
+
+    torch.manual_seed(0)
+    fmap = HeadwiseFeatureMap(2, 8, FeatureMapConfig(hidden_dim=16, feature_dim=12, degree=3))
+    x = torch.randn(2, 2, 5, 8).to(dtype)
+    xh = x.transpose(0, 1).reshape(2, 10, 8)  # (H, B·n, d)
+    w1, b1, w2, b2 = (t.detach().to(dtype) for t in (fmap.weight1, fmap.bias1, fmap.weight2, fmap.bias2))
+    pre = torch.baddbmm(b2, torch.nn.functional.silu(torch.baddbmm(b1, xh, w1)), w2)  # in dtype
+    psi = torch.nn.functional.softplus(pre.float()) + fmap.config.eps
+    expected = torch.cat([psi[..., :4], psi[..., 4:8] ** 2, psi[..., 8:] ** 3], dim=-1)
+    expected = expected.reshape(2, 2, 5, 12).transpose(0, 1)  # (B, H, n, d')
+    got = fmap(x)
+    assert got.dtype == torch.float32 and got.requires_grad
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(fmap(x, scratch=Scratch()), expected, rtol=1e-6, atol=0)
+        torch.testing.assert_close(fmap(x), expected, rtol=1e-6, atol=0)
+    fmap(x).sum().backward()  # gradients reach the fp32 parameters through the low-precision MLP
+    assert fmap.weight1.grad.dtype == torch.float32 and float(fmap.weight1.grad.abs().max()) > 0
+
+
+def test_fp16_saturates_instead_of_overflowing():
+    """A hidden layer beyond fp16's range saturates at ±65504: features stay finite and positive."""
+    fmap = HeadwiseFeatureMap(1, 4, FeatureMapConfig(hidden_dim=4, feature_dim=4))
+    with torch.no_grad():
+        fmap.weight1.fill_(1e3)
+    x = torch.full((1, 1, 2, 4), 60.0, dtype=torch.float16)  # hidden = 4·60·1e3 = 2.4e5 > 65504
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            features = fmap(x)
+        assert torch.isfinite(features).all() and (features > 0).all()

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from rehyat import FeatureMapConfig, FeatureMapPair
-from rehyat.flops import register_cpu_flash_flop_formula, rehyat_attention_flops, softmax_attention_flops
+from rehyat.flops import (
+    register_cpu_flash_flop_formula,
+    rehyat_attention_flops,
+    softmax_attention_flops,
+    uniform_hybrid_attention_flops,
+)
 from rehyat.ops import rehyat_attention
 
 CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -63,3 +68,54 @@ def test_rehyat_flops_counted_equal_the_analytic_count(frames, tc, to, mode):
     if tc >= frames:  # one chunk: plain softmax attention, nothing linear
         assert analytic.feature_maps == analytic.linear == 0
         assert analytic.total == softmax_attention_flops(1, 2, frames * p, 8)
+
+
+def naive_uniform_hybrid(q, k, v, phi_q, phi_k, rate):
+    """Reference uniform hybrid attention: softmax over every R-th key, linear over the others."""
+    n = q.shape[2]
+    soft = torch.arange(0, n, rate)
+    lin = torch.tensor([j for j in range(n) if j % rate])
+    scores = q @ k[:, :, soft].transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, N, N/R)
+    c = scores.amax(-1, keepdim=True)
+    w = torch.exp(scores - c)
+    fq, fk = phi_q(q), phi_k(k[:, :, lin])  # (B, H, N, d'), (B, H, N − N/R, d')
+    kv = fk.transpose(-1, -2) @ torch.cat([v[:, :, lin], torch.ones_like(v[:, :, lin, :1])], -1)
+    read = fq @ kv  # (B, H, N, d + 1)
+    num = w @ v[:, :, soft] + torch.exp(-c) * read[..., :-1]
+    den = w.sum(-1, keepdim=True) + torch.exp(-c) * read[..., -1:]
+    return num / den
+
+
+@pytest.mark.parametrize("rate", [2, 3, 8])
+def test_uniform_hybrid_flops_equal_the_counted_reference(rate):
+    fm = FeatureMapConfig(hidden_dim=12, feature_dim=10)
+    maps = FeatureMapPair(2, 8, fm)
+    q, k, v = (torch.randn(1, 2, 30, 8) for _ in range(3))
+    with torch.inference_mode():
+        total, _ = counted(lambda: naive_uniform_hybrid(q, k, v, maps.phi_q, maps.phi_k, rate))
+    assert total == uniform_hybrid_attention_flops(1, 2, 30, 8, rate=rate, feature_map=fm).total
+
+
+def test_uniform_hybrid_at_rate_one_is_softmax_attention():
+    flops = uniform_hybrid_attention_flops(1, 2, 30, 8, rate=1)
+    assert flops.total == flops.softmax == softmax_attention_flops(1, 2, 30, 8)
+
+
+def test_paper_accounting_adds_phi_on_every_token_and_per_chunk_state_rebuilds():
+    fm = FeatureMapConfig(hidden_dim=12, feature_dim=10)
+    kw = dict(chunk_frames=2, overlap_frames=1, feature_map=fm)
+    ours = rehyat_attention_flops(1, 2, 7, 6, 8, **kw)
+    paper = rehyat_attention_flops(1, 2, 7, 6, 8, linear_accounting="paper", **kw)
+    assert paper.softmax == ours.softmax
+    phi_per_token = 2 * (8 * 12 + 12 * 10) * 2  # two heads
+    assert paper.feature_maps == phi_per_token * 2 * 7 * 6  # φq and φk on all 42 tokens
+    # linear sets per chunk (frames): [], [0], [0,1,2], [0..4] → 0+1+3+5 = 9 frames summed, 5 absorbed once
+    per_key = 2 * 10 * 9 * 2
+    assert paper.linear - ours.linear == per_key * (9 - 5) * 6
+    with pytest.raises(ValueError, match="linear_accounting"):
+        rehyat_attention_flops(1, 2, 7, 6, 8, linear_accounting="exact", **kw)
+
+
+def test_uniform_hybrid_flops_refuse_bad_rates():
+    with pytest.raises(ValueError, match="rate"):
+        uniform_hybrid_attention_flops(1, 2, 30, 8, rate=0)

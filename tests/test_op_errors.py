@@ -62,13 +62,13 @@ def test_feature_map_with_wrong_output_shape():
         call(phi_q=lambda x: x[:, :, :1])
     with pytest.raises(ValueError, match=r"overlap_frames must be an integer ≥ 0; got -2"):
         rehyat_step(QKV[0], QKV[1], QKV[2], RecurrentState.empty(QKV[1]), phi_q=MAPS.phi_q,
-                    phi_k=MAPS.phi_k, tokens_per_frame=3, overlap_frames=-2)
+                    phi_k=MAPS.phi_k, tokens_per_frame=3, chunk_frames=4, overlap_frames=-2)
 
 
 def test_step_without_a_state():
     with pytest.raises(TypeError, match=r"state must be a RecurrentState \(RecurrentState.empty\(k\)"):
         rehyat_step(QKV[0], QKV[1], QKV[2], None, phi_q=MAPS.phi_q, phi_k=MAPS.phi_k,
-                    tokens_per_frame=3, overlap_frames=1)
+                    tokens_per_frame=3, chunk_frames=4, overlap_frames=1)
 
 
 WIDE = FeatureMapPair(2, 8, FeatureMapConfig(hidden_dim=4, feature_dim=6))
@@ -86,3 +86,34 @@ def test_state_from_feature_maps_of_another_width(mode):
     assert state.feature_dim == 6
     with pytest.raises(ValueError, match=r"d'=4 features but .*d'=6"):
         call(initial_state=state, mode=mode)
+
+
+def _step(frames: int, state: RecurrentState, chunk_frames: int = 3):
+    p = 3
+    q, k, v = (t[:, :, : frames * p] for t in torch.randn(3, 1, 2, 9 * p, 8))
+    return rehyat_step(q, k, v, state, phi_q=MAPS.phi_q, phi_k=MAPS.phi_k, tokens_per_frame=p,
+                       chunk_frames=chunk_frames, overlap_frames=1)
+
+
+def test_step_refuses_a_continuation_off_a_chunk_boundary():
+    """frames_seen=2 with Tc=3 (after a partial last chunk) was silently accepted and gave other numbers."""
+    _, state = _step(2, RecurrentState.empty(torch.zeros(1, 2, 0, 8)))  # a partial last chunk
+    assert state.frames_seen == 2
+    with pytest.raises(ValueError, match=r"a continuation must start on a chunk boundary: "
+                                         r"state.frames_seen=2 is not a multiple of chunk_frames=3"):
+        _step(3, state)
+
+
+def test_step_refuses_a_chunk_longer_than_chunk_frames():
+    with pytest.raises(ValueError, match=r"at most chunk_frames=3 frames; got 6 frames"):
+        _step(6, RecurrentState.empty(torch.zeros(1, 2, 0, 8)))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent", "naive"])
+def test_op_refuses_a_misaligned_initial_state(mode):
+    q, k, v = QKV[:, :, :, :6]  # 2 frames of P=3
+    _, state = rehyat_attention(q, k, v, phi_q=MAPS.phi_q, phi_k=MAPS.phi_k, tokens_per_frame=3,
+                                chunk_frames=3, overlap_frames=1, output_final_state=True)
+    with pytest.raises(ValueError, match=r"initial_state.frames_seen=2 is not a multiple of chunk_frames=3"):
+        call(initial_state=state, chunk_frames=3, mode=mode)
+    call(initial_state=state, chunk_frames=2, mode=mode)  # a boundary for Tc=2: accepted

@@ -150,7 +150,7 @@ def test_recurrent_step_memory_is_bounded():
     for chunk in chunk_layout(t, 3, 2):
         rows = slice(chunk.frame_start * p, chunk.frame_end * p)
         _, state = rehyat_step(q[:, :, rows], k[:, :, rows], v[:, :, rows], state, phi_q=maps.phi_q,
-                               phi_k=maps.phi_k, tokens_per_frame=p, overlap_frames=2)
+                               phi_k=maps.phi_k, tokens_per_frame=p, chunk_frames=3, overlap_frames=2)
         sizes.append(state.nbytes())
     assert state.frames_seen == t and state.overlap_frames(p) == 2
     assert len(set(sizes[1:])) == 1, sizes
@@ -206,7 +206,8 @@ def test_steps_sharing_a_scratch_keep_their_outputs_and_states():
     for chunk in chunk_layout(t, 2, 1):
         rows = slice(chunk.frame_start * p, chunk.frame_end * p)
         out, state = rehyat_step(q[:, :, rows], k[:, :, rows], v[:, :, rows], state, phi_q=maps.phi_q,
-                                 phi_k=maps.phi_k, tokens_per_frame=p, overlap_frames=1, scratch=scratch)
+                                 phi_k=maps.phi_k, tokens_per_frame=p, chunk_frames=2, overlap_frames=1,
+                                 scratch=scratch)
         outs.append(out)
         states.append(state)
     assert scratch.nbytes > 0
@@ -251,17 +252,17 @@ def test_calls_sharing_a_scratch_match_naive(mode):
 
 
 def test_state_detach_and_to():
-    q, k, v, maps = make_inputs(1, 2, 3, 8, 5, seed=11, requires_grad=True)
+    q, k, v, maps = make_inputs(1, 2, 3, 8, 4, seed=11, requires_grad=True)
     _, state = rehyat_attention(q, k, v, output_final_state=True, **op_kwargs(maps, 3, 2, 1, True))
     assert state.kv.requires_grad and state.k_overlap.requires_grad
     cut = state.detach()
     assert not any(t.requires_grad for t in (cut.kv, cut.k_sum, cut.k_overlap, cut.v_overlap))
-    assert cut.frames_seen == state.frames_seen == 5
+    assert cut.frames_seen == state.frames_seen == 4
     torch.testing.assert_close(cut.kv, state.kv.detach(), rtol=0, atol=0)
     half = cut.to(dtype=torch.float16)  # the overlap K/V follow dtype; S and z stay fp32
     assert half.k_overlap.dtype == half.v_overlap.dtype == torch.float16
     assert half.kv.dtype == half.k_sum.dtype == torch.float32
-    assert half.frames_seen == 5
+    assert half.frames_seen == 4
     moved = cut.to("meta")
     assert all(t.device.type == "meta" for t in (moved.kv, moved.k_sum, moved.k_overlap, moved.v_overlap))
     # A state moved to fp16 and back still continues the sequence like the original (to fp16 rounding).
@@ -271,3 +272,32 @@ def test_state_detach_and_to():
         ref = rehyat_attention(q2, k2, v2, initial_state=cut, **kw)
         got = rehyat_attention(q2, k2, v2, initial_state=half.to(dtype=torch.float32), **kw)
     torch.testing.assert_close(got, ref, atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("autograd", AUTOGRAD)
+@pytest.mark.parametrize("to", [0, 1, 2, 4])
+@pytest.mark.parametrize("split", [0, 3, 6])
+def test_steps_from_any_chunk_boundary_equal_the_parallel_form(split, to, autograd):
+    """Parallel over [0, s) then recurrent steps from s (s on a boundary), partial last chunk: one pass."""
+    b, h, p, d, t, tc = 2, 2, 3, 8, 8, 3  # chunks [0,3) [3,6) [6,8): the last one is partial
+    q, k, v, maps = make_inputs(b, h, p, d, t, seed=13)
+    kw = op_kwargs(maps, p, tc, to, True)
+    whole, whole_state = rehyat_attention_parallel(q, k, v, output_final_state=True, **kw)
+    cut = split * p
+    with torch.set_grad_enabled(autograd):
+        outs, state = [], RecurrentState.empty(k)
+        if split:
+            first, state = rehyat_attention_parallel(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
+                                                     output_final_state=True, **kw)
+            outs.append(first)
+        for start in range(split, t, tc):
+            rows = slice(start * p, min(start + tc, t) * p)
+            out, state = rehyat_step(q[:, :, rows], k[:, :, rows], v[:, :, rows], state, phi_q=maps.phi_q,
+                                     phi_k=maps.phi_k, tokens_per_frame=p, chunk_frames=tc, overlap_frames=to)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=2), whole, atol=1e-5, rtol=1e-5)
+    assert_states_close(state, whole_state)
+    assert state.frames_seen == t  # ends inside a chunk: no further continuation is accepted
+    with pytest.raises(ValueError, match="a continuation must start on a chunk boundary"):
+        rehyat_step(q[:, :, :p], k[:, :, :p], v[:, :, :p], state, phi_q=maps.phi_q, phi_k=maps.phi_k,
+                    tokens_per_frame=p, chunk_frames=tc, overlap_frames=to)

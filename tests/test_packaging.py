@@ -64,22 +64,36 @@ def test_rehyat_core_never_imports_comfy():
         assert "import comfy" not in text and "from comfy" not in text, path
 
 
-def test_pack_loads_and_its_node_runs_in_real_comfyui(tmp_path):
+def test_pack_loads_and_its_nodes_run_in_real_comfyui(tmp_path):
+    """The pack loaded by ComfyUI's own loader; the φ journey through the registered node classes."""
     comfy = comfy_or_skip()
     custom_nodes = tmp_path / "custom_nodes"
     custom_nodes.mkdir()
     (custom_nodes / "ComfyUI-ReHyAt").symlink_to(ROOT, target_is_directory=True)
+    base = tmp_path / "comfy_base"
+    base.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     script = ROOT / "tests" / "scripts" / "load_pack_in_comfyui.py"
     out = subprocess.run(
-        [sys.executable, str(script), str(custom_nodes / "ComfyUI-ReHyAt"), str(ROOT / "tests")],
+        [sys.executable, str(script), str(custom_nodes / "ComfyUI-ReHyAt"), str(ROOT / "tests"), str(base)],
         capture_output=True, text=True, cwd=comfy.root, env=env, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["loaded"] and report["node_registered"], out.stderr[-3000:]
-    assert report["rehyat_folder"][0].endswith(os.path.join("models", "rehyat"))
+    assert set(H3_NODES) <= set(report["node_ids"])
+    assert report["rehyat_folder"][0] == str(base / "models" / "rehyat")
+    # the deprecated id still loads and runs (saved graphs keep working)
     assert report["inputs"][:2] == ["model", "phi_file"]
     assert report["clone_is_new"]
     assert report["patched_blocks"] == [f"diffusion_model.blocks.{i}.self_attn" for i in (0, 1)]
     assert report["output_finite"] and report["output_shape"] == [1, 16, 5, 8, 8]
+    # Save φ → Load φ → Patch Model → KSampler reproduces the run of the model the φ came from
+    assert report["phi_saved"] == "rehyat_test_journey_00001_.safetensors"
+    assert report["phi_listed"] and report["phi_on_disk"]
+    assert "φ loaded: its settings rule" in report["patch_report"]
+    assert report["journey_finite"] and report["journey_identical"] and report["journey_differs_from_stock"]
+
+
+H3_NODES = ("ReHyAtCompare", "ReHyAtLoadConditioning", "ReHyAtLoadPhi", "ReHyAtLoadPhiFromHub",
+            "ReHyAtPatchModel", "ReHyAtPatchWan", "ReHyAtSaveConditioning", "ReHyAtSavePhi")

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+import rehyat
 from rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
 from rehyat.hybrid import FrameGrid, HybridAttention, ReHyAtRun
 from rehyat.keymap import COMFYUI_CHECKPOINT_PREFIX, wan_state_dict_to_diffusers
@@ -20,9 +21,10 @@ from rehyat.weights import (
     FORMAT,
     BaseModelInfo,
     PhiWeights,
-    _sample_indices,
     apply_phi_tensors,
+    atomic_save_file,
     check_compatible,
+    check_relative_name,
     collect_phi_tensors,
     fingerprint_length,
     fingerprint_module,
@@ -33,7 +35,9 @@ from rehyat.weights import (
     resolve_in_folder,
     save_phi_weights,
     self_attention_fingerprint,
+    tensor_statistics,
 )
+from rehyat.weights.fingerprint import _sample_indices
 
 SMALL_MAP = FeatureMapConfig(hidden_dim=12, feature_dim=8, init_bias=-1.0)
 ATTENTION = HybridAttentionConfig(chunk_frames=2, overlap_frames=1, feature_map=SMALL_MAP)
@@ -462,9 +466,10 @@ def test_resolve_in_folder(tmp_path):
     (folder / "sub" / "b.safetensors").write_bytes(b"")
     outside = tmp_path / "secret.safetensors"
     outside.write_bytes(b"")
-    assert resolve_in_folder(folder, "a.safetensors") == (folder / "a.safetensors").resolve()
-    assert resolve_in_folder(folder, "sub/b.safetensors") == (folder / "sub" / "b.safetensors").resolve()
-    assert resolve_in_folder(folder, "new.safetensors", must_exist=False).parent == folder.resolve()
+    assert resolve_in_folder(folder, "a.safetensors") == folder / "a.safetensors"
+    assert resolve_in_folder(folder, "sub/b.safetensors") == folder / "sub" / "b.safetensors"
+    assert resolve_in_folder(folder, "sub\\b.safetensors") == folder / "sub" / "b.safetensors"
+    assert resolve_in_folder(folder, "new.safetensors", must_exist=False) == folder / "new.safetensors"
     with pytest.raises(FileNotFoundError):
         resolve_in_folder(folder, "new.safetensors")
 
@@ -480,15 +485,139 @@ def test_resolve_in_folder(tmp_path):
     for name in ("", "  ", "a\x00.safetensors"):
         with pytest.raises(ValueError):
             resolve_in_folder(folder, name)
-
-    (folder / "link.safetensors").symlink_to(outside)
-    with pytest.raises(ValueError, match="outside the folder"):
-        resolve_in_folder(folder, "link.safetensors")
-    (folder / "sublink").symlink_to(tmp_path)
-    with pytest.raises(ValueError, match="outside the folder"):
-        resolve_in_folder(folder, "sublink/secret.safetensors")
-    (folder / "inner.safetensors").symlink_to(folder / "sub" / "b.safetensors")
-    assert resolve_in_folder(folder, "inner.safetensors") == (folder / "sub" / "b.safetensors").resolve()
     (folder / "dir.safetensors").mkdir()
     with pytest.raises(ValueError, match="is a directory"):
         resolve_in_folder(folder, "dir.safetensors")
+
+
+def test_resolve_in_folder_follows_symlinks_like_comfyui_model_folders(tmp_path):
+    # A link inside the folder is the folder owner's choice (e.g. models on another disk): followed,
+    # as ComfyUI's folder_paths does. The node input itself can only name paths inside the folder.
+    folder, disk = tmp_path / "rehyat", tmp_path / "big_disk"
+    folder.mkdir()
+    (disk / "sub").mkdir(parents=True)
+    (disk / "phi.safetensors").write_bytes(b"x")
+    (disk / "sub" / "deep.safetensors").write_bytes(b"y")
+    (folder / "link.safetensors").symlink_to(disk / "phi.safetensors")
+    (folder / "linked_dir").symlink_to(disk, target_is_directory=True)
+    assert resolve_in_folder(folder, "link.safetensors").read_bytes() == b"x"
+    assert resolve_in_folder(folder, "linked_dir/sub/deep.safetensors").read_bytes() == b"y"
+    new = resolve_in_folder(folder, "linked_dir/new.safetensors", must_exist=False)
+    assert new.parent == folder / "linked_dir"
+    (folder / "dangling.safetensors").symlink_to(disk / "gone.safetensors")
+    with pytest.raises(FileNotFoundError):
+        resolve_in_folder(folder, "dangling.safetensors")
+
+
+def test_check_relative_name_names_the_parameter():
+    assert check_relative_name("a/b", "filename_prefix") == "a/b"
+    with pytest.raises(ValueError, match="filename_prefix '../a' must not contain"):
+        check_relative_name("../a", "filename_prefix")
+
+
+# ------------------------------------------------------------------------------------------------
+# training metadata, atomic writes through links, weight formats of real checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def test_training_metadata_round_trips_and_is_optional(saved, tmp_path):
+    path, hybrid = saved
+    assert load_phi_weights(path).training is None
+    assert load_phi_weights(path).rehyat_version == rehyat.__version__
+    training = {"stage": "distill", "steps": 2000, "learning_rate": 1e-3, "prompts": ["a cat", "a dog"],
+                "resumed_from": None, "nested": {"seed": 0, "ok": True}}
+    other = save_phi_weights(tmp_path / "t.safetensors", hybrid, CONFIG, BASE, BASE_FINGERPRINT,
+                             training=training)
+    assert load_phi_weights(other).training == training
+    with safetensors.safe_open(str(other), framework="pt") as handle:
+        assert json.loads(handle.metadata()["training"]) == training
+
+
+@pytest.mark.parametrize(("training", "pattern"), [
+    (["not", "a", "mapping"], "training must be a mapping"),
+    ({1: "x"}, "training keys must be strings"),
+    ({"lr": float("nan")}, "JSON-serialisable"),
+    ({"tensor": torch.zeros(1)}, "JSON-serialisable"),
+])
+def test_bad_training_metadata_is_refused_before_writing(tmp_path, training, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        save_phi_weights(tmp_path / "t.safetensors", make_hybrid(0), CONFIG, BASE, BASE_FINGERPRINT,
+                         training=training)
+    assert os.listdir(tmp_path) == []
+
+
+def test_training_metadata_must_be_an_object_when_present(saved, tmp_path):
+    path, _ = saved
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata_update={"training": "[1, 2]"})
+    with pytest.raises(ValueError, match="training metadata must be a JSON object"):
+        load_phi_weights(bad)
+
+
+def test_atomic_save_writes_through_a_symlinked_file(tmp_path):
+    target = tmp_path / "disk" / "phi.safetensors"
+    target.parent.mkdir()
+    link = tmp_path / "link.safetensors"
+    atomic_save_file({"x": torch.zeros(2)}, {"v": "1"}, target)
+    link.symlink_to(target)
+    assert atomic_save_file({"x": torch.ones(2)}, {"v": "2"}, link) == target
+    assert link.is_symlink() and torch.equal(safetensors.torch.load_file(link)["x"], torch.ones(2))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["phi.safetensors"]
+
+
+def test_fingerprint_reads_scaled_fp8_weights_times_their_scale():
+    wan = wan_state_dict(2, DIM, seed=3)
+    scaled = {}
+    for key, value in wan.items():
+        scale = value.abs().max() / 448.0 * 16
+        scaled[key] = (value / scale).to(torch.float8_e4m3fn)
+        scaled[key.removesuffix("weight") + "scale_weight"] = scale.reshape(())
+    reference = fingerprint_state_dict(wan, "wan")
+    assert fingerprints_match(fingerprint_state_dict(scaled, "wan", num_layers=2), reference)
+    bare = {k: v for k, v in scaled.items() if k.endswith(".weight")}
+    assert not fingerprints_match(fingerprint_state_dict(bare, "wan"), reference)
+    per_channel = dict(scaled, **{"blocks.0.self_attn.q.scale_weight": torch.ones(DIM, 1)})
+    with pytest.raises(ValueError, match="per-channel weight scales"):
+        fingerprint_state_dict(per_channel, "wan", num_layers=2)
+
+
+class _Quantized(torch.Tensor):
+    """A tensor subclass of int8 codes and a scale that dequantizes (like ComfyUI's QuantizedTensor)."""
+
+    @staticmethod
+    def __new__(cls, codes, scale):
+        self = torch.Tensor._make_subclass(cls, codes)
+        self.scale = scale
+        return self
+
+    def dequantize(self):
+        return self.as_subclass(torch.Tensor).float() * self.scale
+
+
+def test_fingerprint_dequantizes_tensor_subclasses_and_refuses_unknown_ones():
+    value = seeded_tensor((DIM, DIM), 0) * 0.05
+    scale = float(value.abs().max()) / 127
+    quantized = _Quantized(torch.round(value / scale).to(torch.int8), scale)
+    stats = tensor_statistics(quantized)
+    assert stats == pytest.approx(tensor_statistics(value), rel=1e-2, abs=1e-4)
+
+    class Opaque(torch.Tensor):
+        pass
+
+    with pytest.raises(ValueError, match="cannot read the values of a Opaque"):
+        tensor_statistics(value.as_subclass(Opaque))
+
+
+def test_fingerprint_module_reads_unpatched_originals():
+    torch.manual_seed(0)
+    model = _TinyWan(DIM, 2)
+    expected = fingerprint_module(model, "wan")
+    original = model.blocks[0].self_attn.q.weight.detach().clone()
+    with torch.no_grad():
+        model.blocks[0].self_attn.q.weight.add_(1.0)  # a weight patch applied in place
+    assert not fingerprints_match(fingerprint_module(model, "wan"), expected)
+    originals = {"blocks.0.self_attn.q.weight": original}
+    assert fingerprint_module(model, "wan", originals=originals) == expected
+
+
+def seeded_tensor(shape, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -15,10 +15,11 @@ never touched:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,9 @@ from torch import Tensor, nn
 
 from ..config import ConversionConfig
 from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from ..ops import RecurrentState
 from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
+from ..streaming.driver import CONTEXT_KEY, StreamContext
 from ..weights import (
     BaseModelInfo,
     apply_phi_tensors,
@@ -39,6 +42,8 @@ from ..weights import (
 )
 
 DIFFUSION_MODEL_WRAPPER = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+PREPARE_SAMPLING_WRAPPER = "prepare_sampling"  # comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING
+CHUNKED_KEY = "rehyat_chunked"  # transformer_options entry set by the chunked sampler nodes (see below)
 WRAPPER_KEY = "rehyat"
 ATTACHMENT_KEY = "rehyat"
 RUN_KEY = "rehyat_run"  # transformer_options entry read by the attention layers
@@ -78,17 +83,33 @@ class ComfyWanReHyAtSelfAttention(nn.Module):
         """``x`` ``(B, L, C)`` → ``(B, L, C)``, like the module it replaces."""
         options = transformer_options or {}
         run = _run_from_options(options, self.hybrid.block_index)
-        if options.get("patches", {}).get("attn1_patch"):
-            raise ValueError(
-                f"block {self.hybrid.block_index}: another node installed an attn1_patch on this model; "
-                "ReHyAt replaces self-attention and cannot apply it — remove that patch or this block"
-            )
+        _refuse_self_attention_patches(options, self.hybrid.block_index)
         b, s, n, d = x.shape[0], x.shape[1], self.num_heads, self.head_dim
         q = self._apply_rope(self.norm_q(self.q(x)).view(b, s, n, d), freqs)  # (B, L, H, d)
         k = self._apply_rope(self.norm_k(self.k(x)).view(b, s, n, d), freqs)
         v = self.v(x).view(b, s, n, d)
         out = self.hybrid(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), run)  # (B, H, L, d)
         return self.o(out.transpose(1, 2).reshape(b, s, n * d))
+
+
+_SELF_ATTENTION_PATCHES = ("attn1_patch", "attn1_output_patch")
+
+
+def _refuse_self_attention_patches(options: dict, block_index: int) -> None:
+    """Other nodes' self-attention patches cannot act on a ReHyAt block: refuse, naming them."""
+    patches = options.get("patches") or {}
+    for name in _SELF_ATTENTION_PATCHES:
+        if patches.get(name):
+            raise ValueError(
+                f"block {block_index}: another node installed an {name} on this model; ReHyAt replaces "
+                "self-attention and cannot apply it — remove that node or leave this block unconverted"
+            )
+    if options.get("optimized_attention_override") is not None:
+        raise ValueError(
+            f"block {block_index}: another node set optimized_attention_override on this model; ReHyAt "
+            "self-attention does not call ComfyUI's attention function, so the override would not apply "
+            "— remove that node or leave this block unconverted"
+        )
 
 
 def patch_comfy_wan(
@@ -130,13 +151,24 @@ def patch_comfy_wan(
             )
 
     clone = model_patcher.clone()
+    # φ joins the model's module tree through the object patches; count it in the size ComfyUI's
+    # memory management loads and frees (ModelPatcher.model_size caches the plain model's size).
+    if hasattr(model_patcher, "model_size"):
+        clone.size = model_patcher.model_size() + sum(phi_bytes(m) for m in hybrid.values())
     for index in blocks:
         original = model_patcher.get_model_object(_SELF_ATTN.format(index))
         clone.add_object_patch(_SELF_ATTN.format(index), ComfyWanReHyAtSelfAttention(original, hybrid[index]))
     patch = ComfyReHyAtPatch(config, blocks, hybrid, forward_mode)
     clone.add_wrapper_with_key(DIFFUSION_MODEL_WRAPPER, WRAPPER_KEY, _make_wrapper(patch))
+    clone.add_wrapper_with_key(PREPARE_SAMPLING_WRAPPER, WRAPPER_KEY, _prepare_sampling_wrapper)
     clone.attachments[ATTACHMENT_KEY] = patch
     return clone
+
+
+def phi_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (φ of one block)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def build_hybrid_modules(
@@ -195,20 +227,145 @@ def latent_grid(wan: nn.Module, latent: Tensor) -> FrameGrid:
     return FrameGrid(math.ceil(t / pt), math.ceil(h / ph), math.ceil(w / pw))
 
 
+# Model inputs the recurrent forward understands; anything else is refused by name, never dropped.
+_RECURRENT_INPUTS = ("clip_fea", "control", "reference_latent")
+
+
 def _make_wrapper(patch: ComfyReHyAtPatch):
     def rehyat_diffusion_model_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
                                        transformer_options=None, **kwargs):
         wan = executor.class_obj
-        if time_dim_concat is not None or kwargs.get("reference_latent") is not None:
-            raise ValueError("ReHyAt does not support time_dim_concat / reference_latent inputs yet")
+        if time_dim_concat is not None:
+            raise ValueError(
+                "ReHyAt does not support time_dim_concat inputs (frames appended along time by another "
+                "node): they change the frame grid the chunks are cut on — remove that node"
+            )
         options = dict(transformer_options or {})
-        grid = latent_grid(wan, x)
-        if patch.forward_mode == "recurrent":
-            return _chunked_forward(wan, patch, x, timestep, context, clip_fea, options, grid)
-        options[RUN_KEY] = ReHyAtRun(grid=grid)
+        if kwargs.get("reference_latent") is not None and getattr(wan, "ref_conv", None) is not None:
+            raise ValueError(
+                "ReHyAt does not support reference latents (prepended reference tokens break the frame-major "
+                "token layout) — remove the reference latent from the conditioning"
+            )
+        stream = options.get(CONTEXT_KEY)
+        if stream is not None or patch.forward_mode == "recurrent":
+            check_recurrent_inputs(wan, kwargs)
+            return _recurrent_forward(wan, patch, x, timestep, context, clip_fea, options, stream)
+        options[RUN_KEY] = ReHyAtRun(grid=latent_grid(wan, x))
         return executor(x, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
 
     return rehyat_diffusion_model_wrapper
+
+
+def check_recurrent_inputs(wan: nn.Module, inputs: Mapping[str, Any]) -> None:
+    """Refuse model inputs the recurrent forward cannot honour, naming them and what to do."""
+    if hasattr(wan, "vace_blocks"):
+        raise ValueError(
+            "ReHyAt's chunked forward does not support VACE models (their control blocks attend over all "
+            "frames): use a plain Wan2.1 T2V / I2V model"
+        )
+    unknown = sorted(k for k, v in inputs.items() if k not in _RECURRENT_INPUTS and v is not None)
+    if unknown:
+        raise ValueError(
+            f"ReHyAt's chunked forward does not support the model input(s) {unknown} (set by another node "
+            "or the conditioning); remove them, or run the patched model in parallel mode"
+        )
+    if inputs.get("control") is not None:
+        raise ValueError(
+            "ReHyAt's chunked forward does not support ControlNet-style control inputs on Wan: remove the "
+            "control from the conditioning"
+        )
+
+
+def check_chunked_sampling(model_patcher: Any) -> ComfyReHyAtPatch:
+    """The ReHyAt patch of a model the chunked samplers can run, or a ValueError saying what to change."""
+    patch = comfy_patch_info(model_patcher)
+    if patch is None:
+        raise ValueError(
+            "the ReHyAt chunked samplers need a ReHyAt-patched Wan2.1 model: connect the MODEL output of "
+            "'ReHyAt Patch Wan' (every block converted, causal) instead of the plain model"
+        )
+    wan = model_patcher.get_model_object("diffusion_model")
+    check_recurrent_capable(patch.blocks, len(wan.blocks), patch.config.attention.causal)
+    check_recurrent_inputs(wan, {})
+    return patch
+
+
+# Conditioning entries (ComfyUI's processed conds) and how a streaming chunk uses them.
+_PER_FRAME_CONDS = ("c_concat",)  # (B, C, T, H, W): sliced to the chunk's frames
+_SHARED_CONDS = ("c_crossattn", "clip_fea")  # the same for every chunk
+
+
+@contextlib.contextmanager
+def chunk_conditioning(guider: Any, frame_start: int, frame_end: int, frames: int) -> Iterator[None]:
+    """While a streaming chunk runs, give ``guider`` (a CFGGuider during sampling) conditioning for
+    frames ``[frame_start, frame_end)`` only: per-frame inputs such as the I2V concat latent are
+    sliced; area / mask conditioning, ControlNets and unknown inputs are refused."""
+    original = getattr(guider, "conds", None)
+    if not isinstance(original, dict):
+        yield
+        return
+    sliced = {}
+    for name, conds in original.items():
+        sliced[name] = [_chunk_cond(name, cond, frame_start, frame_end, frames) for cond in conds]
+    guider.conds = sliced
+    try:
+        yield
+    finally:
+        guider.conds = original
+
+
+def _chunk_cond(name: str, cond: dict, f0: int, f1: int, frames: int) -> dict:
+    if cond.get("area") is not None or cond.get("mask") is not None:
+        raise ValueError(
+            f"{name} conditioning with an area or mask cannot stream chunk by chunk: remove the area / "
+            "mask node, or use order='sweep'"
+        )
+    if cond.get("control") is not None:
+        raise ValueError(f"{name} conditioning carries a ControlNet, which ReHyAt's chunked forward does not "
+                         "support: remove it")
+    model_conds = dict(cond.get("model_conds") or {})
+    for key, value in model_conds.items():
+        if key in _PER_FRAME_CONDS:
+            tensor = value.cond  # (B, C, T, H, W)
+            if tensor.ndim != 5 or tensor.shape[2] != frames:
+                raise ValueError(f"{name} conditioning input {key!r} of shape {tuple(tensor.shape)} does not "
+                                 f"have the latent's {frames} frames")
+            model_conds[key] = value._copy_with(tensor[:, :, f0:f1])
+        elif key not in _SHARED_CONDS:
+            raise ValueError(
+                f"{name} conditioning input {key!r} is not supported by the streaming order: remove the node "
+                "that adds it, or use order='sweep'"
+            )
+    return {**cond, "model_conds": model_conds}
+
+
+def chunk_noise_shape(noise_shape: Any, attention: Any) -> list[int]:
+    """The latent shape whose activations one recurrent chunk holds: Tc + To frames (capped at T)."""
+    shape = list(noise_shape)
+    if len(shape) == 5:
+        shape[2] = min(shape[2], attention.chunk_frames + attention.overlap_frames)
+    return shape
+
+
+def _prepare_sampling_wrapper(executor, model, noise_shape, *args, **kwargs):
+    """Make ComfyUI size memory for one chunk (plus the state store kept on the device), not the clip.
+
+    Active when the patched model runs recurrently (``forward_mode="recurrent"``) or a chunked
+    sampler set ``transformer_options["rehyat_chunked"] = {"device_state_bytes": n}``; the state
+    bytes are added as the equivalent number of latent frames of ComfyUI's own memory estimate.
+    """
+    model_options = kwargs.get("model_options") or {}
+    chunked = (model_options.get("transformer_options") or {}).get(CHUNKED_KEY)
+    patch = comfy_patch_info(model)
+    if patch is None or (chunked is None and patch.forward_mode != "recurrent") or len(noise_shape) != 5:
+        return executor(model, noise_shape, *args, **kwargs)
+    shape = chunk_noise_shape(noise_shape, patch.config.attention)
+    state_bytes = int((chunked or {}).get("device_state_bytes", 0))
+    if state_bytes > 0 and hasattr(model.model, "memory_required"):
+        one_frame = [shape[0] * 2, shape[1], 1, *shape[3:]]
+        per_frame = max(float(model.model.memory_required(one_frame)), 1.0)
+        shape[2] += math.ceil(state_bytes / per_frame)
+    return executor(model, shape, *args, **kwargs)
 
 
 def _run_from_options(options: dict, block_index: int) -> ReHyAtRun:
@@ -233,13 +390,17 @@ def _model_rope_function(original: nn.Module):
 
 
 class _ComfyWanChunks:
-    """:class:`rehyat.recurrent_dit.ChunkedDiT` over a ComfyUI ``WanModel`` (mirrors ``forward_orig``)."""
+    """:class:`rehyat.recurrent_dit.ChunkedDiT` over a ComfyUI ``WanModel`` (mirrors ``forward_orig``).
+
+    ``x`` holds latent frames ``[frame_offset, frame_offset + T)`` of the clip; the chunk methods take
+    absolute frame indices (RoPE positions).
+    """
 
     def __init__(self, wan: nn.Module, x: Tensor, timestep: Tensor, context: Tensor, clip_fea: Tensor | None,
-                 options: dict, grid: FrameGrid):
+                 options: dict, grid: FrameGrid, frame_offset: int = 0):
         if timestep.ndim != 1:
             raise ValueError("the recurrent forward needs one timestep per batch item (shape (B,))")
-        self.wan, self.options, self.grid = wan, options, grid
+        self.wan, self.options, self.grid, self.frame_offset = wan, options, grid, frame_offset
         self.latent_hw = x.shape[3:]
         self.x = _pad_to_patch(x, wan.patch_size)  # (B, C, T, H, W) — the latent is small
         self.rope_scale_t = (options.get("rope_options") or {}).get("scale_t", 1.0)
@@ -255,7 +416,7 @@ class _ComfyWanChunks:
         self.context = context
 
     def embed(self, f0: int, f1: int) -> Tensor:
-        x = self.x[:, :, f0:f1]
+        x = self.x[:, :, f0 - self.frame_offset:f1 - self.frame_offset]
         x = self.wan.patch_embedding(x.float()).to(x.dtype)  # (B, C, n, H', W')
         return x.flatten(2).transpose(1, 2)  # (B, n·P, C)
 
@@ -272,15 +433,42 @@ class _ComfyWanChunks:
         return self.wan.unpatchify(out, (f1 - f0, self.grid.height, self.grid.width))  # (B, C, n, H, W)
 
 
-def _chunked_forward(wan, patch: ComfyReHyAtPatch, x, timestep, context, clip_fea, options, grid) -> Tensor:
+def _recurrent_forward(wan, patch: ComfyReHyAtPatch, x: Tensor, timestep, context, clip_fea, options: dict,
+                       stream: StreamContext | None) -> Tensor:
+    """The DiT chunk by chunk: fresh states (recurrent mode, sweep) or continuing the store (streaming)."""
     if options.get("patches_replace", {}).get("dit") or options.get("patches", {}).get("double_block"):
         raise ValueError(
             "the recurrent ReHyAt forward cannot run together with other DiT block patches "
             "(patches_replace['dit'] / patches['double_block']): use forward_mode='parallel'"
         )
-    chunks = _ComfyWanChunks(wan, x, timestep, context, clip_fea, options, grid)
-    outputs = run_chunked_forward(chunks, grid=grid, num_blocks=len(wan.blocks),
-                                  chunk_frames=patch.config.attention.chunk_frames)
+    if stream is not None and stream.latent_hw is not None and tuple(x.shape[3:]) != tuple(stream.latent_hw):
+        raise ValueError(
+            f"the chunked sampler got a model call on a {tuple(x.shape[3:])} latent area inside a "
+            f"{tuple(stream.latent_hw)} latent (area conditioning?): remove area / mask conditioning"
+        )
+    grid = latent_grid(wan, x)
+    chunk_frames = patch.config.attention.chunk_frames
+    streaming = stream is not None and stream.order == "streaming"
+    offset = stream.frame_offset if streaming else 0
+    keys, states = [], None
+    if streaming:
+        if stream.store is None:
+            raise ValueError("a streaming model call needs the state store of its sampler run")
+        cond_or_uncond = list(options.get("cond_or_uncond") or [0])
+        if x.shape[0] % len(cond_or_uncond):
+            raise ValueError(
+                f"model batch {x.shape[0]} is not a multiple of its {len(cond_or_uncond)} conditionings")
+        keys = stream.keys_for_call(cond_or_uncond, x.shape[0] // len(cond_or_uncond))
+        states = stream.store.load(keys, frame_offset=offset, device=x.device)
+    on_chunk = stream.on_forward_chunk if stream is not None and not streaming else None
+    chunks = _ComfyWanChunks(wan, x, timestep, context, clip_fea, options, grid, frame_offset=offset)
+    states_out: dict[int, RecurrentState] | None = {} if streaming and stream.save_states else None
+    outputs = run_chunked_forward(
+        chunks, grid=grid, num_blocks=len(wan.blocks), chunk_frames=chunk_frames, frame_offset=offset,
+        states=states, states_out=states_out, on_chunk=on_chunk,
+    )
+    if states_out is not None:
+        stream.store.save(keys, states_out)
     t, h, w = x.shape[2:]
     return torch.cat(outputs, dim=2)[:, :, :t, :h, :w]
 

@@ -56,8 +56,11 @@ def validate_inputs(
     mode: str = "parallel",
     initial_state: RecurrentState | None = None,
     output_final_state: bool = False,
+    state_name: str = "initial_state",
 ) -> int:
     """Check every argument of the op and return the number of frames T.
+
+    ``state_name`` is the caller's name for ``initial_state`` (used in messages).
 
     Raises:
         ValueError / TypeError naming the offending parameter and the allowed range.
@@ -105,35 +108,56 @@ def validate_inputs(
             f"{tokens_per_frame} (tokens are frame-major: N = T · tokens_per_frame)"
         )
     if initial_state is not None:
-        _validate_state(initial_state, q, tokens_per_frame, overlap_frames)
+        _validate_state(initial_state, q, tokens_per_frame, overlap_frames, state_name)
+        check_chunk_boundary(initial_state, chunk_frames, name=state_name)
     return n // tokens_per_frame
 
 
-def _validate_state(state: RecurrentState, q: Tensor, tokens_per_frame: int, overlap_frames: int) -> None:
+def check_chunk_boundary(state: RecurrentState, chunk_frames: int, *, name: str = "state") -> None:
+    """Refuse a continuation that does not start on a chunk boundary (``frames_seen % Tc != 0``).
+
+    Chunks are cut at multiples of Tc from frame 0, so a state that ended inside a chunk (after a
+    partial last chunk, or one made with another Tc) would silently attend differently from one pass.
+    """
+    seen = state.frames_seen
+    if not isinstance(seen, int) or isinstance(seen, bool) or seen < 0:
+        raise ValueError(f"{name}.frames_seen must be an integer ≥ 0; got {seen!r}")
+    if seen % chunk_frames:
+        raise ValueError(
+            f"a continuation must start on a chunk boundary: {name}.frames_seen={seen} is not a "
+            f"multiple of chunk_frames={chunk_frames} (the state ends inside a chunk, e.g. after a "
+            f"partial last chunk of {seen % chunk_frames} frame(s)); continue from the state of the last "
+            f"chunk boundary (frame {seen - seen % chunk_frames}) and re-run the frames after it"
+        )
+
+
+def _validate_state(
+    state: RecurrentState, q: Tensor, tokens_per_frame: int, overlap_frames: int, name: str
+) -> None:
     batch, heads, _, dim = q.shape
     if not isinstance(state, RecurrentState):
-        raise TypeError(f"initial_state must be a RecurrentState; got {type(state).__name__}")
+        raise TypeError(f"{name} must be a RecurrentState; got {type(state).__name__}")
     if state.kv.shape[:2] != (batch, heads) or state.kv.shape[3] != dim:
         raise ValueError(
-            f"initial_state.kv has shape {tuple(state.kv.shape)}; expected ({batch}, {heads}, d', {dim})"
+            f"{name}.kv has shape {tuple(state.kv.shape)}; expected ({batch}, {heads}, d', {dim})"
         )
     if state.k_sum.shape != state.kv.shape[:3]:
         raise ValueError(
-            f"initial_state.k_sum has shape {tuple(state.k_sum.shape)}; expected {tuple(state.kv.shape[:3])}"
+            f"{name}.k_sum has shape {tuple(state.k_sum.shape)}; expected {tuple(state.kv.shape[:3])}"
         )
     ov = state.k_overlap
     if ov.shape != state.v_overlap.shape or ov.shape[:2] != (batch, heads) or ov.shape[3] != dim:
         raise ValueError(
-            f"initial_state overlap K/V shapes {tuple(ov.shape)} / {tuple(state.v_overlap.shape)} "
+            f"{name} overlap K/V shapes {tuple(ov.shape)} / {tuple(state.v_overlap.shape)} "
             f"do not match q {tuple(q.shape)}"
         )
     if ov.shape[2] % tokens_per_frame or ov.shape[2] // tokens_per_frame > overlap_frames:
         raise ValueError(
-            f"initial_state holds {ov.shape[2]} overlap tokens; expected a multiple of "
+            f"{name} holds {ov.shape[2]} overlap tokens; expected a multiple of "
             f"tokens_per_frame={tokens_per_frame} covering at most overlap_frames={overlap_frames} frames"
         )
     if state.kv.device != q.device:
-        raise ValueError(f"initial_state is on {state.kv.device} but q is on {q.device}")
+        raise ValueError(f"{name} is on {state.kv.device} but q is on {q.device}")
 
 
 def check_features(name: str, features: Tensor, like: Tensor) -> None:

@@ -5,7 +5,8 @@ bounds and their prefix (and, non-causal, suffix) sums; queries read them chunk 
 softmax part runs the device's fused SDPA kernel once per chunk over its window. Temporaries are
 chunk-sized. With autograd on everything is differentiable and nothing is mutated in place; with
 autograd off the temporaries live in a reused :class:`~rehyat.ops.scratch.Scratch` and the
-element-wise maths runs in place (the returned state never aliases it).
+element-wise maths runs in place (the returned state never aliases it). Precision as in
+:mod:`rehyat.ops.kernels` (bf16 / fp16: φ and the linear-part matmuls in that dtype, S and z fp32).
 """
 
 from __future__ import annotations

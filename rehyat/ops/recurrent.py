@@ -1,6 +1,10 @@
 """Recurrent form of ReHyAt attention: chunk after chunk with an explicit state (causal only).
 
 Working memory is one chunk's activations plus the state — independent of the number of frames.
+A state continues only from a chunk boundary (``frames_seen`` a multiple of Tc) and a step takes at
+most Tc frames; anything else would silently differ from the parallel form and is refused.
+Precision as in :mod:`rehyat.ops.kernels`: with bf16 / fp16 activations φ and the update / readout
+matmuls run in that dtype while the state's S and z stay fp32.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def rehyat_step(
     phi_q: FeatureMap,
     phi_k: FeatureMap,
     tokens_per_frame: int,
+    chunk_frames: int,
     overlap_frames: int,
     scale: float | None = None,
     carry_state: bool = True,
@@ -42,10 +47,13 @@ def rehyat_step(
     """Attend one chunk of frames given the state of everything before it.
 
     Args:
-        q, k, v: the chunk's tokens ``(B, H, n·P, d)`` (frame-major, any number of frames n ≥ 1).
-        state: state before the chunk (``RecurrentState.empty(k)`` for the first chunk).
+        q, k, v: the chunk's tokens ``(B, H, n·P, d)``, frame-major, ``1 ≤ n ≤ chunk_frames``
+            (``n < chunk_frames`` only for the last chunk of a sequence).
+        state: state before the chunk (``RecurrentState.empty(k)`` for the first chunk); its
+            ``frames_seen`` must be a multiple of ``chunk_frames`` (the chunk starts on a boundary).
         phi_q, phi_k: feature maps ``(B, H, n, d) -> (B, H, n, d')``.
         tokens_per_frame: P.
+        chunk_frames: Tc, the chunk length the sequence is cut into (as in the parallel form).
         overlap_frames: To.
         scale: softmax scale (default ``1/√d``).
         carry_state: when False (a last chunk whose state nobody reads) the chunk is not absorbed
@@ -57,6 +65,11 @@ def rehyat_step(
     Returns:
         ``(out, next_state)``: ``out`` ``(B, H, n·P, d)``; ``next_state`` has absorbed every frame of
         (overlap + chunk) except the last ``To``, which become its overlap K/V.
+
+    Raises:
+        ValueError: the state does not end on a chunk boundary (``frames_seen % chunk_frames``),
+            or the chunk has more than ``chunk_frames`` frames — either would silently differ
+            from the parallel form.
     """
     if not isinstance(state, RecurrentState):
         raise TypeError(
@@ -64,10 +77,17 @@ def rehyat_step(
             f"got {type(state).__name__}"
         )
     p = tokens_per_frame
-    validate_inputs(
-        q, k, v, tokens_per_frame=p, chunk_frames=1,
+    frames = validate_inputs(
+        q, k, v, tokens_per_frame=p, chunk_frames=chunk_frames,
         overlap_frames=overlap_frames, causal=True, mode="recurrent", initial_state=state,
+        state_name="state",
     )
+    if frames > chunk_frames:
+        raise ValueError(
+            f"a recurrent step takes one chunk of at most chunk_frames={chunk_frames} frames; got "
+            f"{frames} frames (N={q.shape[2]} tokens at tokens_per_frame={p}): split it into chunks "
+            "of chunk_frames frames, or use rehyat_attention(mode='recurrent'), which does"
+        )
     scratch = inference_scratch(scratch)
     k_win = _with_overlap(state.k_overlap, k, scratch, "window.k")  # (B, H, m, d)
     v_win = _with_overlap(state.v_overlap, v, scratch, "window.v")
@@ -92,7 +112,7 @@ def rehyat_step(
         kv, k_sum = split_state_matrix(sz)
     next_state = RecurrentState(
         kv=kv, k_sum=k_sum, k_overlap=k_ov, v_overlap=v_ov,
-        frames_seen=state.frames_seen + q.shape[2] // p,
+        frames_seen=state.frames_seen + frames,
     )
     return o_soft, next_state
 
@@ -128,7 +148,8 @@ def rehyat_attention_recurrent(
         rows = slice(chunk.frame_start * p, chunk.frame_end * p)
         _, state = rehyat_step(
             q[:, :, rows], k[:, :, rows], v[:, :, rows], state,
-            phi_q=phi_q, phi_k=phi_k, tokens_per_frame=p, overlap_frames=overlap_frames, scale=scale,
+            phi_q=phi_q, phi_k=phi_k, tokens_per_frame=p, chunk_frames=chunk_frames,
+            overlap_frames=overlap_frames, scale=scale,
             carry_state=output_final_state or chunk is not chunks[-1], out=out[:, :, rows], scratch=scratch,
         )
     return (out, state) if output_final_state else out

@@ -10,8 +10,9 @@ so the pages stay warm. It is used only when autograd is off: training keeps fre
 Roles whose lifetimes never overlap share a buffer, so the working set stays at the few tensors
 that are alive together: :data:`TEMPORARY` holds whatever dies inside the call that asked for it
 (φ's hidden layer, the ``[v, 1]`` matrix, the ``φq·[S, z]`` readout), :data:`FEATURES` holds a
-feature map's output until its caller has consumed it, and the recurrent step keeps its
-overlap-plus-chunk key/value windows in ``"window.k"`` / ``"window.v"``.
+feature map's output until its caller has consumed it (with bf16 / fp16 inputs φ's low-precision
+MLP output lives in ``"features.low_precision"`` until it is widened into :data:`FEATURES`), and
+the recurrent step keeps its overlap-plus-chunk key/value windows in ``"window.k"`` / ``"window.v"``.
 """
 
 from __future__ import annotations

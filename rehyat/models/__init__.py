@@ -1,0 +1,8 @@
+"""Pure-PyTorch models: :class:`~rehyat.models.wan.WanDiT` (Wan2.1's DiT, original key names) and
+its ReHyAt conversion (:mod:`rehyat.models.wan_rehyat`). Nothing here imports ComfyUI or diffusers."""
+
+from __future__ import annotations
+
+from .wan import SoftmaxAttention, WanDiT, WanDiTConfig
+
+__all__ = ["SoftmaxAttention", "WanDiT", "WanDiTConfig"]

@@ -1,0 +1,338 @@
+"""Chunked sampling drivers: the streaming (chunk-major) and sweep (step-major) orders.
+
+Both wrap a k-diffusion-style sampler function ``fn(model, x, sigmas, extra_args, callback,
+disable, **options)`` (ComfyUI's samplers have this shape) and a model callable
+``model(x, sigma, **extra_args)`` that runs the recurrent DiT. The model adapter reads a
+:class:`StreamContext` from ``extra_args["model_options"]["transformer_options"][CONTEXT_KEY]``:
+
+- **streaming**: for chunk t (``Tc`` latent frames), the whole sampler runs on the chunk's slice; the
+  k-th model evaluation continues from the states that the k-th evaluation of chunk t−1 left in the
+  :class:`~rehyat.streaming.store.StateStore` and leaves its own. Evaluation k must have the same
+  sigma in every chunk, otherwise the sampler is adaptive or x-dependent and cannot stream.
+- **sweep**: the sampler runs once over the full latent; each model evaluation is computed chunk
+  after chunk with fresh states (any sampler works, adaptive ones included).
+
+Ancestral / SDE samplers get a :class:`~rehyat.streaming.noise.FrameNoiseSampler` so both orders
+inject the same noise. Pure PyTorch: never imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import math
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor
+
+from .noise import FrameNoiseSampler
+from .store import StateKey, StateStore
+
+Order = Literal["streaming", "sweep"]
+ORDERS: tuple[str, ...] = ("streaming", "sweep")
+CONTEXT_KEY = "rehyat_stream"  # transformer_options entry read by the model adapter
+NON_STREAMING_SAMPLERS: tuple[str, ...] = ("dpm_adaptive", "dpm_fast")
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    """One progress report: chunk ``chunk`` of ``chunks`` (1-based) at step ``step`` of ``steps``.
+
+    ``latent`` is the clip so far (finished chunks, the current chunk's latest denoised estimate);
+    ``finished`` is True once per chunk when its final latent has landed (streaming), or once per
+    step when the last chunk of that step's forward ran (sweep).
+    """
+
+    chunk: int
+    chunks: int
+    step: int
+    steps: int
+    order: str
+    latent: Tensor | None = None
+    finished: bool = False
+    frame_start: int = 0
+    frame_end: int = 0
+
+
+ProgressHook = Callable[[ChunkProgress], None]
+
+
+@dataclass
+class StreamContext:
+    """What the model adapter needs to run one model call of a chunked sampler.
+
+    Attributes:
+        order: "streaming" or "sweep".
+        store: the state store (streaming only).
+        frame_offset: absolute latent frame of the current chunk's first frame (streaming).
+        save_states: whether this chunk's states are needed later (False on the last chunk).
+        evaluation: index of the current model evaluation within the chunk's sampler run.
+        on_forward_chunk: called by the adapter after each chunk of a sweep forward (index, count).
+        latent_hw: the full latent's spatial size; a call of another size (area conds) is refused.
+    """
+
+    order: str
+    store: StateStore | None = None
+    frame_offset: int = 0
+    save_states: bool = True
+    evaluation: int = 0
+    on_forward_chunk: Callable[[int, int], None] | None = None
+    latent_hw: tuple[int, int] | None = None
+    _occurrences: Counter = field(default_factory=Counter)
+
+    def begin_evaluation(self, index: int) -> None:
+        """Start model evaluation ``index`` (resets the per-evaluation conditioning counters)."""
+        self.evaluation = index
+        self._occurrences.clear()
+
+    def keys_for_call(self, cond_or_uncond: list[int], batch_size: int) -> list[StateKey]:
+        """State keys of one model call whose batch is ``len(cond_or_uncond)`` blocks of ``batch_size``.
+
+        ComfyUI batches conditionings in one call or runs them apart (``cond_or_uncond``);
+        a conditioning's identity is (its value, how many times that value was seen before in this
+        evaluation), so both ways find the same states.
+        """
+        keys = []
+        for value in cond_or_uncond:
+            identity = (int(value), self._occurrences[int(value)])
+            self._occurrences[int(value)] += 1
+            keys.extend(StateKey(self.evaluation, identity, item) for item in range(batch_size))
+        return keys
+
+
+def check_streamable(sampler_name: str) -> None:
+    """Refuse samplers whose evaluation sigmas depend on the whole tensor (they cannot stream)."""
+    if sampler_name in NON_STREAMING_SAMPLERS:
+        raise ValueError(
+            f"sampler {sampler_name!r} chooses its steps adaptively from the whole latent, so it cannot "
+            "run chunk by chunk (order='streaming'); pick a fixed-step sampler (euler, heun, dpmpp_2m, "
+            "uni_pc, ...) or use order='sweep'"
+        )
+
+
+# CFG functions known to act per element (safe to stream); any other one is refused by name.
+PER_ELEMENT_CFG_FUNCTIONS: tuple[str, ...] = ("epsilon_scaling_function",)
+
+
+def check_streaming_model_options(model_options: dict) -> None:
+    """Refuse CFG functions (other nodes' pre / post / replacement CFG) in the streaming order.
+
+    Most take statistics over the whole latent (RescaleCFG's std, CFG-Zero*'s projection, APG's
+    norms, frame-dependent video CFG) or re-run the model, so a chunk's result would depend on the
+    frames of other chunks and streaming would silently differ from sweep.
+    """
+    functions = [model_options.get("sampler_cfg_function")]
+    functions += list(model_options.get("sampler_pre_cfg_function") or [])
+    functions += list(model_options.get("sampler_post_cfg_function") or [])
+    for fn in functions:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        if fn is not None and name not in PER_ELEMENT_CFG_FUNCTIONS:
+            raise ValueError(
+                f"another node installed the CFG function {name!r}, which may look at the whole latent or "
+                "re-run the model: streaming would make each chunk depend on the others' frames — use "
+                "order='sweep' or remove that node"
+            )
+
+
+def accepts_noise_sampler(sampler_function: Callable) -> bool:
+    """Whether ``sampler_function`` takes a ``noise_sampler`` keyword (ancestral / SDE samplers)."""
+    try:
+        return "noise_sampler" in inspect.signature(sampler_function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def with_context(extra_args: dict, context: StreamContext, **overrides: Any) -> dict:
+    """A copy of ``extra_args`` whose model options carry ``context`` (the dicts are copied, not mutated)."""
+    model_options = dict(extra_args.get("model_options") or {})
+    transformer_options = dict(model_options.get("transformer_options") or {})
+    transformer_options[CONTEXT_KEY] = context
+    model_options["transformer_options"] = transformer_options
+    return {**extra_args, "model_options": model_options, **overrides}
+
+
+class _SigmaSchedule:
+    """Sigmas of chunk 0's evaluations; later chunks must evaluate at the same sigmas."""
+
+    def __init__(self) -> None:
+        self.reference: list[float] = []
+        self.seen = 0
+
+    def start_chunk(self) -> None:
+        self.seen = 0
+
+    def check(self, chunk: int, sigma: Tensor) -> int:
+        value = float(sigma.flatten()[0])
+        index = self.seen
+        self.seen += 1
+        if chunk == 0:
+            self.reference.append(value)
+        elif index >= len(self.reference) or not math.isclose(value, self.reference[index], rel_tol=1e-6,
+                                                                abs_tol=1e-9):
+            expected = self.reference[index] if index < len(self.reference) else "no evaluation"
+            raise ValueError(
+                f"chunk {chunk}: model evaluation {index} ran at sigma {value:.6g} but chunk 0 ran it at "
+                f"{expected}: this sampler picks its steps from the latent itself (adaptive or x-dependent), "
+                "so it cannot stream chunk by chunk — use a fixed-step sampler or order='sweep'"
+            )
+        return index
+
+    def end_chunk(self, chunk: int) -> None:
+        if chunk and self.seen != len(self.reference):
+            raise ValueError(
+                f"chunk {chunk} made {self.seen} model evaluations but chunk 0 made {len(self.reference)}: "
+                "this sampler cannot stream chunk by chunk — use a fixed-step sampler or order='sweep'"
+            )
+
+
+class _ChunkModel:
+    """The sampler's model restricted to frames ``[f0, f1)``: slices the inpainting inputs, counts
+    evaluations, checks sigmas and interruption, and tells the adapter which evaluation runs."""
+
+    def __init__(self, model: Any, f0: int, f1: int, frames: int, on_evaluation: Callable[[Tensor], None]):
+        self._model = copy.copy(model)  # a KSamplerX0Inpaint: its latent_image / noise are per clip
+        for name in ("latent_image", "noise"):
+            value = getattr(model, name, None)
+            if isinstance(value, Tensor) and value.ndim == 5 and value.shape[2] == frames:
+                setattr(self._model, name, value[:, :, f0:f1])
+        self._on_evaluation = on_evaluation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        self._on_evaluation(sigma)
+        return self._model(x, sigma, **kwargs)
+
+
+def slice_frames(value: Any, f0: int, f1: int, frames: int) -> Any:
+    """``value[:, :, f0:f1]`` for a per-frame 5-D tensor of ``frames`` frames; anything else unchanged."""
+    if isinstance(value, Tensor) and value.ndim == 5 and value.shape[2] == frames:
+        return value[:, :, f0:f1]
+    return value
+
+
+def sample_streaming(
+    sampler_function: Callable, model: Any, x: Tensor, sigmas: Tensor, *, extra_args: dict,
+    chunk_frames: int, store: StateStore, sampler_options: dict | None = None,
+    callback: Callable[[dict], None] | None = None, disable: bool | None = None,
+    progress: ProgressHook | None = None, check_interrupt: Callable[[], None] | None = None,
+    chunk_scope: Callable[[int, int], AbstractContextManager] | None = None,
+) -> Tensor:
+    """Run ``sampler_function`` chunk after chunk (streaming order); returns the full latent.
+
+    Args:
+        sampler_function: k-diffusion-style sampler (``fn(model, x, sigmas, extra_args, callback,
+            disable, **options)``).
+        model: the sampler's model (ComfyUI: ``KSamplerX0Inpaint``); its ``latent_image`` / ``noise``
+            and ``extra_args["denoise_mask"]`` are sliced per chunk.
+        x: the noised starting latent ``(B, C, T, H, W)``.
+        sigmas: the schedule (every chunk runs all of it).
+        extra_args: the sampler's extra args (``model_options``, ``seed``, ``denoise_mask``).
+        chunk_frames: latent frames per chunk (the model's Tc).
+        store: where evaluation k's states wait for the next chunk.
+        sampler_options: extra keyword options for the sampler (a noise sampler is added when the
+            sampler takes one and none is given).
+        callback: the sampler's step callback (k-diffusion dict); its ``"i"`` is rescaled to the run's
+            ``steps`` and ``"denoised"`` / ``"x"`` are the whole clip so far.
+        progress: receives a :class:`ChunkProgress` per step and once per finished chunk.
+        check_interrupt: called before every model evaluation (raises to cancel).
+        chunk_scope: context manager entered around each chunk's run (e.g. to slice conditioning).
+    """
+    if x.ndim != 5:
+        raise ValueError(f"chunked sampling needs a video latent (B, C, T, H, W); got shape {tuple(x.shape)}")
+    check_streaming_model_options(extra_args.get("model_options") or {})
+    frames, steps = x.shape[2], len(sigmas) - 1
+    chunks = math.ceil(frames / chunk_frames)
+    seed = int(extra_args.get("seed") or 0)
+    result = x.clone()  # (B, C, T, H, W): finished chunks land here
+    schedule = _SigmaSchedule()
+    context = StreamContext(order="streaming", store=store, latent_hw=tuple(x.shape[3:]))
+    options = dict(sampler_options or {})
+    draw_noise = accepts_noise_sampler(sampler_function) and "noise_sampler" not in options
+    scope = chunk_scope or (lambda f0, f1: contextlib.nullcontext())
+    for chunk in range(chunks):
+        f0, f1 = chunk * chunk_frames, min((chunk + 1) * chunk_frames, frames)
+        context.frame_offset, context.save_states = f0, chunk < chunks - 1
+        schedule.start_chunk()
+
+        def on_evaluation(sigma: Tensor, chunk: int = chunk) -> None:
+            if check_interrupt is not None:
+                check_interrupt()
+            context.begin_evaluation(schedule.check(chunk, sigma))
+
+        chunk_model = _ChunkModel(model, f0, f1, frames, on_evaluation)
+        chunk_args = with_context(extra_args, context,
+                                  denoise_mask=slice_frames(extra_args.get("denoise_mask"), f0, f1, frames))
+        x_chunk = x[:, :, f0:f1].clone()  # (B, C, n, H, W)
+        if draw_noise:
+            options["noise_sampler"] = FrameNoiseSampler(seed, x_chunk, f0)
+
+        def on_step(info: dict, chunk: int = chunk, f0: int = f0, f1: int = f1) -> None:
+            result[:, :, f0:f1] = info["denoised"]
+            step = int(info["i"]) + 1
+            if callback is not None:
+                done = chunk * steps + step
+                callback({**info, "i": max(done * steps // (chunks * steps) - 1, 0), "denoised": result,
+                          "x": result})
+            if progress is not None:
+                progress(ChunkProgress(chunk + 1, chunks, step, steps, "streaming", result, False, f0, f1))
+
+        with scope(f0, f1):
+            out = sampler_function(chunk_model, x_chunk, sigmas, extra_args=chunk_args, callback=on_step,
+                                   disable=disable, **options)
+        schedule.end_chunk(chunk)
+        result[:, :, f0:f1] = out
+        if progress is not None:
+            progress(ChunkProgress(chunk + 1, chunks, steps, steps, "streaming", result, True, f0, f1))
+    return result
+
+
+def sample_sweep(
+    sampler_function: Callable, model: Any, x: Tensor, sigmas: Tensor, *, extra_args: dict,
+    chunk_frames: int, sampler_options: dict | None = None, callback: Callable[[dict], None] | None = None,
+    disable: bool | None = None, progress: ProgressHook | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> Tensor:
+    """Run ``sampler_function`` once over the whole latent (sweep order); each model evaluation is
+    computed chunk by chunk with fresh states by the adapter. Arguments as :func:`sample_streaming`."""
+    if x.ndim != 5:
+        raise ValueError(f"chunked sampling needs a video latent (B, C, T, H, W); got shape {tuple(x.shape)}")
+    frames, steps = x.shape[2], len(sigmas) - 1
+    chunks = math.ceil(frames / chunk_frames)
+    state = {"step": 0, "denoised": None}
+
+    def on_forward_chunk(index: int, count: int) -> None:
+        if check_interrupt is not None:
+            check_interrupt()
+        if progress is not None:
+            step = min(state["step"] + 1, steps)
+            f0, f1 = index * chunk_frames, min((index + 1) * chunk_frames, frames)
+            progress(ChunkProgress(index + 1, count, step, steps, "sweep", state["denoised"], False, f0, f1))
+
+    context = StreamContext(order="sweep", on_forward_chunk=on_forward_chunk, latent_hw=tuple(x.shape[3:]))
+    options = dict(sampler_options or {})
+    if accepts_noise_sampler(sampler_function) and "noise_sampler" not in options:
+        options["noise_sampler"] = FrameNoiseSampler(int(extra_args.get("seed") or 0), x, 0)
+
+    def on_evaluation(sigma: Tensor) -> None:
+        if check_interrupt is not None:
+            check_interrupt()
+
+    def on_step(info: dict) -> None:
+        state["step"], state["denoised"] = int(info["i"]) + 1, info["denoised"]
+        if callback is not None:
+            callback(info)
+        if progress is not None:
+            progress(ChunkProgress(chunks, chunks, state["step"], steps, "sweep", info["denoised"], True, 0,
+                                   frames))
+
+    sweep_model = _ChunkModel(model, 0, frames, frames, on_evaluation)
+    return sampler_function(sweep_model, x, sigmas, extra_args=with_context(extra_args, context),
+                            callback=on_step, disable=disable, **options)
+
