@@ -243,6 +243,15 @@ class ReHyAtDistill(io.ComfyNode):
                     max=1_000_000,
                     tooltip="write a checkpoint every N steps (also at the end and on Cancel)",
                 ),
+                io.Float.Input(
+                    "query_chunk_fraction",
+                    default=_OPTIONS.query_chunk_fraction,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="1 = train on every query; below 1 each step trains on a random fraction of the "
+                    "query chunks (less compute and memory per step, noisier gradient; causal only)",
+                ),
             ],
             outputs=[
                 PHI_TYPE.Output(display_name="phi", tooltip="the distilled φ (connect to Patch / Save φ)"),
@@ -278,6 +287,7 @@ class ReHyAtDistill(io.ComfyNode):
         phi_feature_dim,
         run_name,
         checkpoint_every,
+        query_chunk_fraction,
         clip=None,
         positive=None,
         negative=None,
@@ -306,6 +316,7 @@ class ReHyAtDistill(io.ComfyNode):
             seed=seed,
             checkpoint_every=checkpoint_every,
             holdout_prompts=min(holdout_prompts, len(conditionings) - 1),
+            query_chunk_fraction=query_chunk_fraction,
         )
         channels = model.get_model_object("latent_format").latent_channels
         latent_shape = (channels, (length - 1) // 4 + 1, height // 8, width // 8)

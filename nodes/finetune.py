@@ -43,7 +43,7 @@ OUTPUTS = ("lora", "full")
 
 
 class ReHyAtFinetune(io.ComfyNode):
-    """Fine-tune a ReHyAt-patched Wan2.1 with Wan's flow-matching objective on a dataset folder (paper §3.4.2)."""
+    """Fine-tune a ReHyAt-patched Wan2.1 with Wan's flow-matching objective (paper §3.4.2)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -54,63 +54,146 @@ class ReHyAtFinetune(io.ComfyNode):
             category="ReHyAt/training",
             is_experimental=True,
             description=(
-                "Stage 2 of ReHyAt training: after φ distillation, a short flow-matching fine-tune of the hybrid "
+                "Stage 2 of ReHyAt training: after φ distillation, a short flow-matching fine-tune of the "
+                "hybrid "
                 "model on (video latent, prompt) samples restores quality, above all at chunk transitions. "
                 "Trains LoRA adapters + φ (cheap), φ only, φ + self-attention, or everything (the paper: "
-                "AdamW 1e-5, batch 16, 1,000 steps, bf16). Writes NEW files: the φ file (models/rehyat) and a "
+                "AdamW 1e-5, batch 16, 1,000 steps, bf16). Writes NEW files: the φ file (models/rehyat) and "
+                "a "
                 "LoRA (models/loras, load with LoraLoaderModelOnly) or a whole checkpoint "
                 "(models/diffusion_models, load with Load Diffusion Model). The run folder "
                 "output/rehyat_runs/<run_name> keeps checkpoints: Cancel writes one, and the same run name "
                 "resumes (a larger 'steps' extends the run)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="a ReHyAt-patched Wan2.1 (ReHyAt Patch Model with a distilled φ)"),
-                io.String.Input("dataset_name", default="my_dataset",
-                                tooltip="dataset folder under models/rehyat_datasets (ReHyAt Make Dataset)"),
-                io.String.Input("run_name", default="wan_rehyat_finetune",
-                                tooltip="run folder output/rehyat_runs/<run_name>: the same name resumes; a run made "
-                                        "for another model, dataset or settings is refused"),
-                io.Combo.Input("trainable", options=list(TRAINABLE_SETS), default="lora",
-                               tooltip="lora: LoRA on every block linear + φ (cheap); phi: φ only; "
-                                       "phi+self_attn; everything: all weights (the paper)"),
-                io.Combo.Input("output", options=list(OUTPUTS), default="lora",
-                               tooltip="lora: a LoRA file (needs trainable=lora) — 'full': a whole new checkpoint "
-                                       "in models/diffusion_models; both also write the φ file"),
-                io.String.Input("output_name", default="wan_rehyat_ft",
-                                tooltip="file name stem of the written files (+ _s<step>); existing files are "
-                                        "never overwritten"),
-                io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=1_000_000,
-                             tooltip="optimizer steps in total (paper: 1000)"),
-                io.Int.Input("batch_size", default=_DEFAULTS.batch_size, min=1, max=4096,
-                             tooltip="samples per optimizer step (paper: 16); a multiple of micro_batch"),
-                io.Int.Input("micro_batch", default=1, min=1, max=4096,
-                             tooltip="samples per forward pass; batch_size/micro_batch passes are accumulated"),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-8, max=1.0, step=1e-6,
-                               tooltip="AdamW learning rate (paper, everything: 1e-5; LoRA: ~1e-4)"),
-                io.Int.Input("lora_rank", default=_DEFAULTS.lora_rank, min=1, max=1024,
-                             tooltip="rank of every LoRA adapter (trainable=lora)"),
-                io.Float.Input("shift", default=DEFAULT_TRAIN_SHIFT, min=0.01, max=100.0, step=0.1,
-                               tooltip="Wan timestep shift of the training noise levels (higher: more high-noise "
-                                       "training)"),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="recompute blocks in the backward pass: far less memory, ~30% slower"),
-                io.Int.Input("checkpoint_every", default=_DEFAULTS.checkpoint_every, min=1, max=1_000_000,
-                             tooltip="write a resumable checkpoint every N steps (also at the end and on Cancel)"),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="seed of the data order, noise levels, noise and LoRA initialisation"),
+                io.Model.Input(
+                    "model", tooltip="a ReHyAt-patched Wan2.1 (ReHyAt Patch Model with a distilled φ)"
+                ),
+                io.String.Input(
+                    "dataset_name",
+                    default="my_dataset",
+                    tooltip="dataset folder under models/rehyat_datasets (ReHyAt Make Dataset)",
+                ),
+                io.String.Input(
+                    "run_name",
+                    default="wan_rehyat_finetune",
+                    tooltip="run folder output/rehyat_runs/<run_name>: the same name resumes; a run made "
+                    "for another model, dataset or settings is refused",
+                ),
+                io.Combo.Input(
+                    "trainable",
+                    options=list(TRAINABLE_SETS),
+                    default="lora",
+                    tooltip="lora: LoRA on every block linear + φ (cheap); phi: φ only; "
+                    "phi+self_attn; everything: all weights (the paper)",
+                ),
+                io.Combo.Input(
+                    "output",
+                    options=list(OUTPUTS),
+                    default="lora",
+                    tooltip="lora: a LoRA file (needs trainable=lora) — 'full': a whole new checkpoint "
+                    "in models/diffusion_models; both also write the φ file",
+                ),
+                io.String.Input(
+                    "output_name",
+                    default="wan_rehyat_ft",
+                    tooltip="file name stem of the written files (+ _s<step>, then _01, _02 … if "
+                    "taken): existing files are never overwritten",
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=_DEFAULTS.steps,
+                    min=1,
+                    max=1_000_000,
+                    tooltip="optimizer steps in total (paper: 1000)",
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=_DEFAULTS.batch_size,
+                    min=1,
+                    max=4096,
+                    tooltip="samples per optimizer step (paper: 16); a multiple of micro_batch",
+                ),
+                io.Int.Input(
+                    "micro_batch",
+                    default=1,
+                    min=1,
+                    max=4096,
+                    tooltip="samples per forward pass; batch_size/micro_batch passes are accumulated",
+                ),
+                io.Float.Input(
+                    "learning_rate",
+                    default=1e-4,
+                    min=1e-8,
+                    max=1.0,
+                    step=1e-6,
+                    tooltip="AdamW learning rate (paper, everything: 1e-5; LoRA: ~1e-4)",
+                ),
+                io.Int.Input(
+                    "lora_rank",
+                    default=_DEFAULTS.lora_rank,
+                    min=1,
+                    max=1024,
+                    tooltip="rank of every LoRA adapter (trainable=lora)",
+                ),
+                io.Float.Input(
+                    "shift",
+                    default=DEFAULT_TRAIN_SHIFT,
+                    min=0.01,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="Wan timestep shift of the training noise levels (higher: more high-noise "
+                    "training)",
+                ),
+                io.Boolean.Input(
+                    "gradient_checkpointing",
+                    default=True,
+                    tooltip="recompute blocks in the backward pass: far less memory, ~30% slower",
+                ),
+                io.Int.Input(
+                    "checkpoint_every",
+                    default=_DEFAULTS.checkpoint_every,
+                    min=1,
+                    max=1_000_000,
+                    tooltip="write a resumable checkpoint every N steps (also at the end and on Cancel)",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=False,
+                    tooltip="seed of the data order, noise levels, noise and LoRA initialisation",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="the fine-tuned model (patched clone)"),
                 io.Image.Output(display_name="loss_curve", tooltip="training loss per step"),
-                io.String.Output(display_name="report",
-                                 tooltip="files written, loss before/after on fixed noise, settings"),
+                io.String.Output(
+                    display_name="report", tooltip="files written, loss before/after on fixed noise, settings"
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, model, dataset_name, run_name, trainable, output, output_name, steps, batch_size,
-                micro_batch, learning_rate, lora_rank, shift, gradient_checkpointing, checkpoint_every,
-                seed) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        dataset_name,
+        run_name,
+        trainable,
+        output,
+        output_name,
+        steps,
+        batch_size,
+        micro_batch,
+        learning_rate,
+        lora_rank,
+        shift,
+        gradient_checkpointing,
+        checkpoint_every,
+        seed,
+    ) -> io.NodeOutput:
         """Train (or resume), write the files, return the fine-tuned clone; see the node description."""
         import comfy.model_management
         import comfy.sd
@@ -120,22 +203,38 @@ class ReHyAtFinetune(io.ComfyNode):
         validate_run_name(run_name)
         validate_run_name(output_name, "output_name")
         if output == "lora" and trainable != "lora":
-            raise ValueError(f"output: 'lora' needs trainable='lora' (got {trainable!r}); choose output 'full'")
+            raise ValueError(
+                f"output: 'lora' needs trainable='lora' (got {trainable!r}); choose output 'full'"
+            )
         patch = comfy_patch_info(model)
         if patch is None:
             raise ValueError("model: connect a ReHyAt-patched model (ReHyAt Patch Model with a distilled φ)")
         if patch.forward_mode != "parallel":
-            raise ValueError("model: patch with forward_mode 'parallel' for training (recurrent is inference-only)")
-        config = FinetuneConfig(trainable=trainable, lora_rank=lora_rank, steps=steps, batch_size=batch_size,
-                                micro_batch=micro_batch, learning_rate=learning_rate,
-                                gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
-                                seed=seed, flow=FlowMatchingConfig(shift=shift))
+            raise ValueError(
+                "model: patch with forward_mode 'parallel' for training (recurrent is inference-only)"
+            )
+        config = FinetuneConfig(
+            trainable=trainable,
+            lora_rank=lora_rank,
+            steps=steps,
+            batch_size=batch_size,
+            micro_batch=micro_batch,
+            learning_rate=learning_rate,
+            gradient_checkpointing=gradient_checkpointing,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            flow=FlowMatchingConfig(shift=shift),
+        )
         dataset = LatentDataset.open(dataset_path(dataset_name))
         pbar = comfy.utils.ProgressBar(steps)
         base_fingerprint = model_fingerprint(model)  # here: it reads inference tensors as they are
-        identity = {"model": dataclasses.asdict(comfy_base_info(model)), "fingerprint": base_fingerprint,
-                    "conversion": patch.config.to_dict(), "dataset": dataset.identity(),
-                    "finetune": config.identity()}
+        identity = {
+            "model": dataclasses.asdict(comfy_base_info(model)),
+            "fingerprint": base_fingerprint,
+            "conversion": patch.config.to_dict(),
+            "dataset": dataset.identity(),
+            "finetune": config.identity(),
+        }
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; training needs autograd
             hybrid = {i: copy.deepcopy(m) for i, m in patch.hybrid.items()}  # the input's φ stay untouched
             work = patch_comfy_wan(_without_rehyat(model), patch.config, hybrid)
@@ -149,36 +248,61 @@ class ReHyAtFinetune(io.ComfyNode):
 
             device = next(wan.parameters()).device
             trained = select_for_config(wan, config)
-            originals = {n: p.detach().clone() for n, p in trained.parameters.items() if ".hybrid." not in n
-                         and ".lora." not in n}
+            originals = {
+                n: p.detach().clone()
+                for n, p in trained.parameters.items()
+                if ".hybrid." not in n and ".lora." not in n
+            }
             run = RunFolder(runs_root(), run_name, identity)
             before = evaluation_loss(model_fn, dataset, flow=config.flow, device=device)
             try:
-                result = finetune(wan, model_fn, dataset, config, run=run, trainable=trained,
-                                  progress=lambda step, total, loss: pbar.update_absolute(step, total),
-                                  should_stop=comfy.model_management.processing_interrupted)
+                result = finetune(
+                    wan,
+                    model_fn,
+                    dataset,
+                    config,
+                    run=run,
+                    trainable=trained,
+                    progress=lambda step, total, loss: pbar.update_absolute(step, total),
+                    should_stop=comfy.model_management.processing_interrupted,
+                )
                 if result.cancelled:
                     raise comfy.model_management.InterruptProcessingException()
                 after = evaluation_loss(model_fn, dataset, flow=config.flow, device=device)
-                info = {"stage": "finetune", "steps": result.step, "learning_rate": learning_rate,
-                        "trainable": trainable, "batch_size": batch_size, "seed": seed, "run": run_name,
-                        "dataset": dataset_name, "dataset_samples": len(dataset), "resumed_from": result.resumed_from}
-                stem = f"{output_name}_s{result.step}"
+                info = {
+                    "stage": "finetune",
+                    "steps": result.step,
+                    "learning_rate": learning_rate,
+                    "trainable": trainable,
+                    "batch_size": batch_size,
+                    "seed": seed,
+                    "run": run_name,
+                    "dataset": dataset_name,
+                    "dataset_samples": len(dataset),
+                    "resumed_from": result.resumed_from,
+                }
+                stem = _free_stem(folder_paths, f"{output_name}_s{result.step}")
                 files, out_model = {}, None
                 if output == "lora":
                     lora_sd = comfy_lora_state_dict(wan)
-                    lora_path = _new_file(folder_paths.get_folder_paths("loras")[0], stem + "_lora.safetensors")
+                    lora_path = _new_file(
+                        folder_paths.get_folder_paths("loras")[0], stem + "_lora.safetensors"
+                    )
                     files["lora"] = str(atomic_save_file(lora_sd, {"training": json.dumps(info)}, lora_path))
                     fingerprint = base_fingerprint
                 else:
                     full_sd = base_state_dict(wan)
-                    full_path = _new_file(folder_paths.get_folder_paths("diffusion_models")[0],
-                                          stem + ".safetensors")
+                    full_path = _new_file(
+                        folder_paths.get_folder_paths("diffusion_models")[0], stem + ".safetensors"
+                    )
                     files["full"] = str(atomic_save_file(full_sd, {"training": json.dumps(info)}, full_path))
                     fingerprint = fingerprint_module(wan, "wan", num_layers=len(wan.blocks))
                 phi_path = _new_file(register_rehyat_folder(), stem + "_phi.safetensors")
-                files["phi"] = str(save_phi_weights(phi_path, hybrid, patch.config, comfy_base_info(model),
-                                                    fingerprint, training=info))
+                files["phi"] = str(
+                    save_phi_weights(
+                        phi_path, hybrid, patch.config, comfy_base_info(model), fingerprint, training=info
+                    )
+                )
             finally:
                 detach_lora(wan)
                 with torch.no_grad():  # the shared model gets its own weights back
@@ -191,16 +315,24 @@ class ReHyAtFinetune(io.ComfyNode):
                 out_model = work.clone()
                 updated = {f"diffusion_model.{n}": ("set", (full_sd[n],)) for n in originals}
                 out_model.add_patches(updated, 1.0)
-        image = torch.from_numpy(loss_curve_image({"flow-matching loss": result.losses})).float().div(255.0)[None]
-        report = {"loss_fixed_noise_before": round(before, 5), "loss_fixed_noise_after": round(after, 5),
-                  "trained_parameters": trained.count, "files": files, "run_folder": str(run.path),
-                  "seconds": round(result.seconds, 1), **info}
+        image = (
+            torch.from_numpy(loss_curve_image({"flow-matching loss": result.losses})).float().div(255.0)[None]
+        )
+        report = {
+            "loss_fixed_noise_before": round(before, 5),
+            "loss_fixed_noise_after": round(after, 5),
+            "trained_parameters": trained.count,
+            "files": files,
+            "run_folder": str(run.path),
+            "seconds": round(result.seconds, 1),
+            **info,
+        }
         run.write_json("report.json", report)
         return io.NodeOutput(out_model, image, json.dumps(report, indent=1))
 
 
 def _without_rehyat(model):
-    """A clone of a ReHyAt-patched ModelPatcher with the ReHyAt object patches, wrapper and attachment removed."""
+    """A clone of a ReHyAt-patched ModelPatcher without its ReHyAt object patches, wrapper and attachment."""
     patch = comfy_patch_info(model)
     clone = model.clone()
     for index in patch.blocks:
@@ -229,16 +361,37 @@ def _autograd_ready(module: torch.nn.Module) -> None:
     for sub in module.modules():
         for name, param in list(sub.named_parameters(recurse=False)):
             if param.is_inference():  # a new Parameter: an inference one has no version counter
-                setattr(sub, name, torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+                setattr(
+                    sub, name, torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+                )
         for name, buf in list(sub.named_buffers(recurse=False)):
             if buf is not None and buf.is_inference():
                 sub._buffers[name] = buf.clone()
 
 
+def _output_paths(folder_paths, stem: str) -> list[str]:
+    return [
+        os.path.join(folder_paths.get_folder_paths("loras")[0], stem + "_lora.safetensors"),
+        os.path.join(folder_paths.get_folder_paths("diffusion_models")[0], stem + ".safetensors"),
+        os.path.join(register_rehyat_folder(), stem + "_phi.safetensors"),
+    ]
+
+
+def _free_stem(folder_paths, stem: str) -> str:
+    """``stem``, or ``stem_01``, ``stem_02`` … — the first whose output files do not exist yet."""
+    candidate, counter = stem, 0
+    while any(os.path.exists(p) for p in _output_paths(folder_paths, candidate)):
+        counter += 1
+        candidate = f"{stem}_{counter:02d}"
+    return candidate
+
+
 def _new_file(folder: str, name: str) -> str:
     path = os.path.join(folder, name)
     if os.path.exists(path):
-        raise FileExistsError(f"output_name: {path} already exists (never overwritten): choose another output_name")
+        raise FileExistsError(
+            f"output_name: {path} already exists (never overwritten): choose another output_name"
+        )
     os.makedirs(folder, exist_ok=True)
     return path
 

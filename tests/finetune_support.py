@@ -15,8 +15,9 @@ from rehyat.training.dataset import LatentDataset
 TEXT_DIM = 32
 LATENT_SHAPE = (16, 3, 4, 4)  # (C, T, H, W): 3 latent frames of 2×2 tokens
 SMALL_PHI = FeatureMapConfig(hidden_dim=16, feature_dim=16)
-CONVERSION = ConversionConfig(attention=HybridAttentionConfig(chunk_frames=2, overlap_frames=1,
-                                                              feature_map=SMALL_PHI))
+CONVERSION = ConversionConfig(
+    attention=HybridAttentionConfig(chunk_frames=2, overlap_frames=1, feature_map=SMALL_PHI)
+)
 
 
 def tiny_config(text_dim: int = TEXT_DIM, layers: int = 2) -> WanDiTConfig:
@@ -38,8 +39,14 @@ def tiny_dit(seed: int = 0, *, rehyat: bool = True, config: WanDiTConfig | None 
     return model
 
 
-def synthetic_dataset(folder: Path, *, count: int = 4, seed: int = 0, text_dim: int = TEXT_DIM,
-                      latent_shape: tuple[int, ...] = LATENT_SHAPE) -> LatentDataset:
+def synthetic_dataset(
+    folder: Path,
+    *,
+    count: int = 4,
+    seed: int = 0,
+    text_dim: int = TEXT_DIM,
+    latent_shape: tuple[int, ...] = LATENT_SHAPE,
+) -> LatentDataset:
     """``count`` samples: a shared smooth pattern plus small per-sample detail, random text."""
     gen = torch.Generator().manual_seed(seed)
     pattern = torch.randn(latent_shape, generator=gen)
@@ -60,8 +67,15 @@ def tiny_finetune_config(steps: int, batch: int, micro: int, trainable: str = "l
     """The fine-tune settings tests/scripts/finetune_run.py uses (same numbers in-process)."""
     from rehyat.training.finetune import FinetuneConfig
 
-    return FinetuneConfig(trainable=trainable, lora_rank=4, steps=steps, batch_size=batch, micro_batch=micro,
-                          learning_rate=1e-3, checkpoint_every=1)
+    return FinetuneConfig(
+        trainable=trainable,
+        lora_rank=4,
+        steps=steps,
+        batch_size=batch,
+        micro_batch=micro,
+        learning_rate=1e-3,
+        checkpoint_every=1,
+    )
 
 
 def trained_tensors(result) -> dict[str, torch.Tensor]:

@@ -116,8 +116,14 @@ def test_only_chosen_self_attention_blocks_change():
                 assert isinstance(attn1, ReHyAtWanAttnProcessor) and attn1.hybrid is patch.hybrid[i]
             else:
                 assert attn1 is original[i][0]
-        assert list(model.state_dict()) == keys  # φ stays out of the model's state dict
+        # φ is part of the model's module tree (DDP, .to(), offloading see it) …
+        added = [k for k in model.state_dict() if k not in keys]
+        assert len(added) == 2 * 8 and all(k.startswith(("blocks.1.attn1.processor.hybrid.",
+                                                          "blocks.3.attn1.processor.hybrid.")) for k in added)
+        model_params = {id(p) for p in model.parameters()}
         assert len(list(patch.parameters())) == 2 * 8  # 2 blocks × (φq, φk) × 4 tensors
+        assert all(id(p) in model_params for p in patch.parameters())
+    assert list(model.state_dict()) == keys  # … and leaves it with unpatch
 
 
 def test_patching_twice_is_an_error(model):
@@ -229,7 +235,9 @@ def test_grid_follows_the_latent(model):
 
 def test_gradients_reach_phi_only_through_the_patch(model):
     with patch_diffusers_wan(model, cfg()) as patch:
-        model.requires_grad_(False)
+        model.requires_grad_(False)  # φ is in the model's tree: freeze everything, then train φ only
+        for param in patch.parameters():
+            param.requires_grad_(True)
         try:
             run_grad = model(**inputs(frames=7, batch=1)).sample
             run_grad.square().mean().backward()
@@ -304,3 +312,41 @@ def test_bad_arguments(model):
         patch_diffusers_wan(torch.nn.Linear(2, 2), cfg())
     with pytest.raises(ValueError, match="out of range"):
         patch_diffusers_wan(model, cfg(blocks=(5,)))
+
+
+# --------------------------------------------------------------------------------------------------
+# training: φ in the module tree, gradient checkpointing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_gradient_checkpointing_keeps_the_grid_and_the_gradients():
+    """Recomputed blocks see the same frame grid (it travels in rotary_emb): same gradients as without."""
+    from rehyat.training.finetune import set_gradient_checkpointing
+
+    x = inputs(frames=7, batch=1)
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = make_model()
+        with patch_diffusers_wan(model, cfg()):
+            set_gradient_checkpointing(model, checkpointing)  # diffusers' own switch
+            assert model.gradient_checkpointing is checkpointing
+            model.train()
+            model(**x).sample.square().mean().backward()
+            set_gradient_checkpointing(model, False)
+            return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys()
+    assert sum(".attn1.processor.hybrid." in k for k in plain) == 2 * 8  # φ gets gradients in the tree
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_phi_moves_with_the_model():
+    model = make_model()
+    with patch_diffusers_wan(model, cfg()) as patch:
+        model.to(torch.float64)
+        assert all(p.dtype == torch.float64 for p in patch.parameters())
+        x = {k: v.double() for k, v in inputs(frames=4, batch=1).items()}
+        out = run(model, x)
+        assert out.dtype == torch.float64 and torch.isfinite(out).all()

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +228,17 @@ def test_prompts_through_a_tiny_real_umt5_encoder(files, tmp_path):
     assert "held-out prompts and seeds" in out and (tmp_path / "from_prompts" / "phi.safetensors").is_file()
 
 
+def run_cli_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """``rehyat.cli.main`` in this process (same code path as ``python -m rehyat``, no start-up cost)."""
+    from rehyat.cli import main
+
+    try:
+        code = main(["distill", *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -238,45 +248,31 @@ def test_prompts_through_a_tiny_real_umt5_encoder(files, tmp_path):
         ("no prompts", "prompts: the prompt list is empty"),
     ],
 )
-def test_cli_bad_inputs_get_clear_errors(files, tmp_path, extra, message):
+def test_cli_bad_inputs_get_clear_errors(files, tmp_path, capsys, extra, message):
     args = base_args(files, tmp_path, "bad")
     if extra == "no prompts":
         args, extra = [a for a in args if a != "--conditioning" and not a.startswith(str(files / "p"))], []
-    result = subprocess.run(
-        [sys.executable, "-m", "rehyat", "distill", *args, *extra, "--iterations", "1"],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert re.search(message, result.stderr), result.stderr
+    code, err = run_cli_in_process([*args, *extra, "--iterations", "1"], capsys)
+    assert code == 2 and re.search(message, err), err
 
 
-def test_cli_refuses_a_run_folder_made_for_other_settings(files, tmp_path):
-    finish(start([*base_args(files, tmp_path, "run"), "--iterations", "1", "--eval-seeds", "1"]))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rehyat",
-            "distill",
-            *base_args(files, tmp_path, "run"),
-            "--iterations",
-            "1",
-            "--chunk-frames",
-            "3",
-        ],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_cli_refuses_a_run_folder_made_for_other_settings(files, tmp_path, capsys):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _refuse_other_settings(files, tmp_path, capsys)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _refuse_other_settings(files, tmp_path, capsys):
+    code, err = run_cli_in_process([*base_args(files, tmp_path, "run"), "--iterations", "1"], capsys)
+    assert code == 0, err
+    code, err = run_cli_in_process(
+        [*base_args(files, tmp_path, "run"), "--iterations", "1", "--chunk-frames", "3"], capsys
     )
-    assert result.returncode == 2 and "written for another model or config" in result.stderr, result.stderr
-    assert "conversion.attention.chunk_frames" in result.stderr
-    shutil.rmtree(tmp_path / "run")
+    assert code == 2 and "written for another model or config" in err, err
+    assert "conversion.attention.chunk_frames" in err
 
 
 def test_collectives_under_torchrun_average_gather_and_broadcast():
@@ -345,7 +341,7 @@ def test_a_diffusers_checkpoint_distils_like_its_original_layout(files, tmp_path
     def args(model_path: Path, name: str) -> list[str]:
         full = base_args(files, tmp_path, name)
         full[full.index("--model") + 1] = str(model_path)
-        return [*full, "--iterations", "3"]
+        return [*full, "--iterations", "3", "--query-chunk-fraction", "0.5"]
 
     from_diffusers = start(args(tmp_path / "diffusers_wan", "from_diffusers"))
     from_original = start(args(tmp_path / "converted.safetensors", "from_original"))

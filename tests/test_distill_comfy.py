@@ -43,6 +43,7 @@ WIDGETS = dict(
     phi_feature_dim=32,
     run_name="rehyat_test_run",
     checkpoint_every=100,
+    query_chunk_fraction=1.0,
 )
 
 

@@ -287,9 +287,10 @@ def test_student_loss_step_and_error_sums_against_references():
 # ----------------------------------------------------------------------------------- distillation
 
 
-def test_distillation_lowers_every_blocks_held_out_error(wan, tmp_path):
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_distillation_lowers_every_blocks_held_out_error(wan, tmp_path, fraction):
     teacher = teacher_for(wan)
-    options = DistillOptions(iterations=60, lr=1e-2, checkpoint_every=25)
+    options = DistillOptions(iterations=60, lr=1e-2, checkpoint_every=25, query_chunk_fraction=fraction)
     distiller = Distiller(teacher, CONVERSION, options, num_prompts=3)
     distiller.run = RunFolder(tmp_path, "run", run_identity(distiller))
     result = run_distillation(distiller, phi_path=tmp_path / "phi.safetensors")
@@ -297,7 +298,7 @@ def test_distillation_lowers_every_blocks_held_out_error(wan, tmp_path):
     assert held_out["prompts_held_out"] and held_out["trajectories"] == [{"prompt": 2, "seed": 1_000_000}]
     for block, errors in held_out["blocks"].items():
         before, after = errors["before"], errors["after"]
-        assert after["relative_l2"] < 0.95 * before["relative_l2"], block
+        assert after["relative_l2"] < (0.95 if fraction == 1 else 0.97) * before["relative_l2"], block
         assert after["cosine"] > before["cosine"], block
     assert result.report["steps"] == 60 and result.report["trajectories"] == 20
     assert len(result.curves["mean over blocks"]) == 60
@@ -339,6 +340,37 @@ def test_resume_in_process_continues_to_the_same_phi(wan, tmp_path):
     for b in (0, 1):
         for name, param in whole.hybrid[b].named_parameters():
             assert torch.equal(param, dict(second.hybrid[b].named_parameters())[name]), (b, name)
+
+
+def test_query_chunk_subset_is_exact_per_chunk_and_seeded(wan):
+    torch.manual_seed(0)
+    for tc, to in ((2, 1), (3, 1), (2, 3)):
+        cfg = HybridAttentionConfig(chunk_frames=tc, overlap_frames=to, feature_map=SMALL_PHI)
+        student = BlockStudent(HybridAttention(2, 8, cfg, 0), lr=1e-2)
+        with torch.no_grad():
+            for param in student.parameters:
+                param.add_(torch.randn_like(param) * 0.3)
+        grid = FrameGrid(7, 2, 3)
+        captured = CapturedAttention(0, *(torch.randn(2, 2, grid.tokens, 8) for _ in range(4)), grid)
+        rows = lambda t, tc=tc: slice(t * tc * 6, min((t + 1) * tc, 7) * 6)  # noqa: E731
+        last = -(-7 // tc) - 1
+        with torch.no_grad():
+            full = student.predict(captured)
+            for chunks in ([0], [last], list(range(last + 1))):
+                y_hat, y = student.predict_chunks(captured, chunks)
+                assert torch.allclose(y_hat, torch.cat([full[:, :, rows(t)] for t in chunks], 2), atol=1e-6)
+                assert torch.equal(y, torch.cat([captured.y[:, :, rows(t)] for t in chunks], 2))
+        student.train_step(captured, [last])
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters)
+    options = DistillOptions(query_chunk_fraction=0.5)
+    d = Distiller(teacher_for(wan), CONVERSION, options, 3)
+    picks = {tuple(d.query_chunks(6, 0)) for _ in range(3)}
+    assert len(picks) == 1 and picks.pop()[0] in (1, 2)  # deterministic per step; chunk 0 has no linear part
+    non_causal = ConversionConfig(
+        attention=HybridAttentionConfig(chunk_frames=2, causal=False, feature_map=SMALL_PHI)
+    )
+    with pytest.raises(ValueError, match="query_chunk_fraction < 1 needs causal"):
+        Distiller(teacher_for(wan), non_causal, options, 3)
 
 
 def test_bad_inputs_get_clear_errors(wan, tmp_path):

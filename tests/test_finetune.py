@@ -1,4 +1,7 @@
-"""Stage-2 fine-tuning (rehyat/training/finetune.py, trainable.py, lora.py): loss, sets, checkpointing, resume."""
+"""Stage-2 fine-tuning (rehyat/training/finetune.py, trainable.py, lora.py).
+
+Loss falls, trainable sets, LoRA, gradient checkpointing, resume.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +40,11 @@ def dataset(tmp_path_factory):
 
 def inputs(seed: int = 0, batch: int = 2):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 16, 3, 4, 4, generator=gen), torch.tensor([300.0, 800.0][:batch]),
-            torch.randn(batch, 5, 32, generator=gen))
+    return (
+        torch.randn(batch, 16, 3, 4, 4, generator=gen),
+        torch.tensor([300.0, 800.0][:batch]),
+        torch.randn(batch, 5, 32, generator=gen),
+    )
 
 
 @pytest.mark.parametrize("kind, lr", [("lora", 2e-2), ("everything", 1e-3)])
@@ -46,7 +52,9 @@ def test_flow_matching_loss_falls(dataset, kind, lr) -> None:
     model = tiny_dit(0)
     fn = model_fn(model)
     before = evaluation_loss(fn, dataset)
-    config = FinetuneConfig(trainable=kind, lora_rank=4, steps=20, batch_size=4, micro_batch=4, learning_rate=lr)
+    config = FinetuneConfig(
+        trainable=kind, lora_rank=4, steps=20, batch_size=4, micro_batch=4, learning_rate=lr
+    )
     result = finetune(model, fn, dataset, config)
     after = evaluation_loss(fn, dataset)
     assert result.step == 20 and len(result.losses) == 20 and not result.cancelled
@@ -79,8 +87,16 @@ def test_lora_adapters_are_in_the_tree_and_export_in_comfy_format() -> None:
     x, t, c = inputs()
     reference = model(x, t, c)
     names = attach_lora(model, rank=2, alpha=4.0, select=lambda n, m: ".self_attn." in n)
-    assert names == ["blocks.0.self_attn.q", "blocks.0.self_attn.k", "blocks.0.self_attn.v", "blocks.0.self_attn.o",
-                     "blocks.1.self_attn.q", "blocks.1.self_attn.k", "blocks.1.self_attn.v", "blocks.1.self_attn.o"]
+    assert names == [
+        "blocks.0.self_attn.q",
+        "blocks.0.self_attn.k",
+        "blocks.0.self_attn.v",
+        "blocks.0.self_attn.o",
+        "blocks.1.self_attn.q",
+        "blocks.1.self_attn.k",
+        "blocks.1.self_attn.v",
+        "blocks.1.self_attn.o",
+    ]
     assert "blocks.0.self_attn.q.lora.down.weight" in model.state_dict()
     torch.testing.assert_close(model(x, t, c), reference)  # up starts at zero
     for _, linear in lora_modules(model):
@@ -131,16 +147,29 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 
 
 def test_resume_equals_uninterrupted(dataset, tmp_path) -> None:
-    config = FinetuneConfig(trainable="lora", lora_rank=4, steps=4, batch_size=4, micro_batch=2,
-                            learning_rate=1e-3, checkpoint_every=1)
+    config = FinetuneConfig(
+        trainable="lora",
+        lora_rank=4,
+        steps=4,
+        batch_size=4,
+        micro_batch=2,
+        learning_rate=1e-3,
+        checkpoint_every=1,
+    )
     straight = tiny_dit(0)
     uninterrupted = finetune(straight, model_fn(straight), dataset, config)
 
     identity = {"test": config.identity()}
     first = tiny_dit(0)
     stops = iter([False, True])
-    part = finetune(first, model_fn(first), dataset, config, run=RunFolder(tmp_path, "r", identity),
-                    should_stop=lambda: next(stops))
+    part = finetune(
+        first,
+        model_fn(first),
+        dataset,
+        config,
+        run=RunFolder(tmp_path, "r", identity),
+        should_stop=lambda: next(stops),
+    )
     assert part.cancelled and part.step == 2
     second = tiny_dit(0)  # a fresh process would rebuild the model from scratch
     rest = finetune(second, model_fn(second), dataset, config, run=RunFolder(tmp_path, "r", identity))
@@ -163,9 +192,14 @@ def test_data_order_noise_and_schedule_are_deterministic() -> None:
 
 
 def test_config_and_run_errors_name_the_parameter(dataset) -> None:
-    for kwargs, match in [({"trainable": "all"}, "trainable"), ({"lora_rank": 0}, "lora_rank"),
-                          ({"steps": 0}, "steps"), ({"learning_rate": 0.0}, "learning_rate"),
-                          ({"precision": "fp16"}, "precision"), ({"checkpoint_every": 0}, "checkpoint_every")]:
+    for kwargs, match in [
+        ({"trainable": "all"}, "trainable"),
+        ({"lora_rank": 0}, "lora_rank"),
+        ({"steps": 0}, "steps"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"precision": "fp16"}, "precision"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+    ]:
         with pytest.raises(ValueError, match=match):
             FinetuneConfig(**kwargs)
     model = tiny_dit(0)

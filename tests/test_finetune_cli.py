@@ -1,4 +1,4 @@
-"""``python -m rehyat make-dataset`` and ``python -m rehyat finetune`` end to end on a tiny Wan (real key names)."""
+"""``python -m rehyat make-dataset`` and ``finetune`` end to end on a tiny Wan (real key names)."""
 
 from __future__ import annotations
 
@@ -49,26 +49,89 @@ def test_every_option_is_explained() -> None:
 
 def test_make_dataset_then_finetune_and_resume(files, capsys) -> None:
     data = files / "data"
-    common = ["--model", str(files / "wan.safetensors"), "--out", str(data), "--frames", "9", "--height", "32",
-              "--width", "32", "--steps", "2", "--cfg", "3"]
-    assert main(["make-dataset", *common, "--prompts", str(files / "cat.safetensors"), str(files / "dog.safetensors"),
-                 "--negative", str(files / "neg.safetensors"), "--seeds", "0", "1"]) == 0
+    common = [
+        "--model",
+        str(files / "wan.safetensors"),
+        "--out",
+        str(data),
+        "--frames",
+        "9",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--steps",
+        "2",
+        "--cfg",
+        "3",
+    ]
+    assert (
+        main(
+            [
+                "make-dataset",
+                *common,
+                "--prompts",
+                str(files / "cat.safetensors"),
+                str(files / "dog.safetensors"),
+                "--negative",
+                str(files / "neg.safetensors"),
+                "--seeds",
+                "0",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 4 and summary["latent_shape"] == [16, 3, 4, 4]
     dataset = LatentDataset.open(data)
     entries = dataset.entries()
-    assert [(e["prompt_file"], e["seed"]) for e in entries] == [("cat.safetensors", 0), ("cat.safetensors", 1),
-                                                                ("dog.safetensors", 0), ("dog.safetensors", 1)]
+    assert [(e["prompt_file"], e["seed"]) for e in entries] == [
+        ("cat.safetensors", 0),
+        ("cat.safetensors", 1),
+        ("dog.safetensors", 0),
+        ("dog.safetensors", 1),
+    ]
     assert entries[0]["source"] == "teacher" and entries[0]["steps"] == 2
     assert not torch.equal(dataset.load(0).latent, dataset.load(1).latent)  # the seed matters
     with pytest.raises(SystemExit):  # a different size into the same folder is refused
-        main(["make-dataset", *common[:-8], "--height", "48", "--width", "32", "--steps", "1",
-              "--prompts", str(files / "cat.safetensors")])
+        main(
+            [
+                "make-dataset",
+                *common[:-8],
+                "--height",
+                "48",
+                "--width",
+                "32",
+                "--steps",
+                "1",
+                "--prompts",
+                str(files / "cat.safetensors"),
+            ]
+        )
     assert "differs from the dataset" in capsys.readouterr().err
 
-    args = ["finetune", "--model", str(files / "wan.safetensors"), "--phi", str(files / "phi.safetensors"),
-            "--dataset", str(data), "--run-name", "cats", "--runs-dir", str(files / "runs"), "--batch-size", "2",
-            "--lora-rank", "4", "--learning-rate", "1e-3", "--checkpoint-every", "1"]
+    args = [
+        "finetune",
+        "--model",
+        str(files / "wan.safetensors"),
+        "--phi",
+        str(files / "phi.safetensors"),
+        "--dataset",
+        str(data),
+        "--run-name",
+        "cats",
+        "--runs-dir",
+        str(files / "runs"),
+        "--batch-size",
+        "2",
+        "--lora-rank",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--checkpoint-every",
+        "1",
+    ]
     assert main([*args, "--steps", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["steps"] == 2 and report["resumed_from"] is None and len(report["losses_first"]) == 2

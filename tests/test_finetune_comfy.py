@@ -51,8 +51,15 @@ def dataset(tmp_path_factory):
 def fine_tuned(root, dataset, trainable: str) -> WanDiT:
     """The base model converted to ReHyAt and fine-tuned two steps (large lr: visible changes)."""
     model = convert(WanDiT.from_state_dict(load_file(str(root / "diffusion_models" / BASE))), CONVERSION)
-    config = FinetuneConfig(trainable=trainable, lora_rank=4, steps=2, batch_size=2, micro_batch=2,
-                            learning_rate=1e-2, max_grad_norm=0.0)
+    config = FinetuneConfig(
+        trainable=trainable,
+        lora_rank=4,
+        steps=2,
+        batch_size=2,
+        micro_batch=2,
+        learning_rate=1e-2,
+        max_grad_norm=0.0,
+    )
     finetune(model, model_fn(model), dataset, config)
     return model
 
@@ -60,8 +67,9 @@ def fine_tuned(root, dataset, trainable: str) -> WanDiT:
 def comfy_denoised(patcher, x, sigma, context) -> torch.Tensor:
     patcher.patch_model(device_to=patcher.load_device)
     try:
-        return patcher.model.apply_model(x, sigma, c_crossattn=context,
-                                         transformer_options={"wrappers": patcher.wrappers})
+        return patcher.model.apply_model(
+            x, sigma, c_crossattn=context, transformer_options={"wrappers": patcher.wrappers}
+        )
     finally:
         patcher.unpatch_model(device_to=patcher.offload_device)
 
@@ -73,7 +81,11 @@ def expected(model: WanDiT, x, sigma, context) -> torch.Tensor:
 
 def inputs():
     gen = torch.Generator().manual_seed(5)
-    return torch.randn(1, 16, 3, 4, 4, generator=gen), torch.tensor([0.7]), torch.randn(1, 6, 4096, generator=gen)
+    return (
+        torch.randn(1, 16, 3, 4, 4, generator=gen),
+        torch.tensor([0.7]),
+        torch.randn(1, 6, 4096, generator=gen),
+    )
 
 
 def test_lora_file_loads_with_stock_lora_loader(comfy_nodes, dataset, tmp_path) -> None:

@@ -55,8 +55,16 @@ def _run(args: list[str], nproc: int = 1, timeout: float = 240) -> None:
     if nproc == 1:
         cmd = [sys.executable, str(SCRIPT), *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", "--master_addr=127.0.0.1", str(SCRIPT), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={_free_port()}",
+            "--master_addr=127.0.0.1",
+            str(SCRIPT),
+            *args,
+        ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
@@ -86,8 +94,12 @@ def test_sigkill_then_resume_equals_uninterrupted(dataset, tmp_path) -> None:
     resumed = tmp_path / "resumed.safetensors"
     runs = tmp_path / "runs"
     args = [str(dataset), str(resumed), "--steps", "5", "--run-root", str(runs), "--run-name", "killed"]
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--step-delay", "0.5"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args, "--step-delay", "0.5"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     checkpoints = runs / "killed" / "checkpoints"
     deadline = time.monotonic() + 180
     try:

@@ -86,8 +86,9 @@ def test_loss_is_mse_to_velocity_and_zero_for_the_oracle() -> None:
     assert loss.item() < 1e-8
     torch.testing.assert_close(seen["t"], sigma * 1000)
     assert seen["context"] is context
-    zero_model = flow_matching_loss(lambda x, t, c: torch.zeros_like(x), x0, None, noise=noise, sigma=sigma,
-                                    reduction="none")
+    zero_model = flow_matching_loss(
+        lambda x, t, c: torch.zeros_like(x), x0, None, noise=noise, sigma=sigma, reduction="none"
+    )
     torch.testing.assert_close(zero_model, (noise - x0).pow(2).flatten(1).mean(1))
 
 

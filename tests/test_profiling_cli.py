@@ -27,11 +27,11 @@ def test_pinned_command_prints_one_json_object_with_the_pinned_entries():
     assert report["rehyat"]["attention_tflops"] < report["softmax"]["attention_tflops"]
     config = report["rehyat"]["config"]
     assert config["chunk_frames"] == 3 and config["overlap_frames"] == 1
-    assert report["latent"]["tokens_per_frame"] == 15 * 26
+    assert report["latent"]["tokens_per_frame"] == 30 * 52  # 480×832 px: the paper's 21×30×52
 
 
 def test_analytic_run_writes_json_table_and_plots(tmp_path, capsys):
-    assert main(["profile", "--preset", "wan2.1-14b", "--latent", "21x60x104", "--lengths", "21,41",
+    assert main(["profile", "--preset", "wan2.1-14b", "--latent", "21x30x52", "--lengths", "21,41",
                  "--accounting", "paper", "--analytic-only", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "softmax" in table and "uniform hybrid R=2" in table and "context windows 21/4" in table
@@ -43,7 +43,7 @@ def test_analytic_run_writes_json_table_and_plots(tmp_path, capsys):
 
 
 def test_measured_run_reports_latency_and_memory_per_case(tmp_path, capsys):
-    assert main(["profile", *TINY, "--latent", "4x6x6", "--chunk-frames", "2", "--rates", "2",
+    assert main(["profile", *TINY, "--latent", "4x3x3", "--chunk-frames", "2", "--rates", "2",
                  "--no-context-windows", "--measure-layers", "1", "--repeats", "1", "--threads", "1",
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

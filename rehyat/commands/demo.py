@@ -118,8 +118,21 @@ def summary(metrics: dict) -> str:
             f"(past outside the softmax window {s['past_outside_softmax']:.1%}, "
             f"future {s['future_outside_chunk']:.1%})",
             f"fidelity vs teacher: PSNR {f['psnr_db']:.2f} dB, SSIM {f['ssim']:.3f}",
+            "prompt colours found in "
+            + ", ".join(
+                f"{name} {_mean(d['prompt_colours']):.0%}" for name, d in metrics["shape_detection"].items()
+            )
+            + " of frames (other colours: "
+            + ", ".join(
+                f"{name} {_mean(d['other_colours']):.0%}" for name, d in metrics["shape_detection"].items()
+            )
+            + ")",
             f"generation: teacher {g['teacher']['seconds']:.1f} s, ReHyAt {g['rehyat']['seconds']:.1f} s",
             f"one step at {longest} frames: teacher {teacher['seconds']:.2f} s / {mem(teacher)}, "
             f"ReHyAt {rehyat['seconds']:.2f} s / {mem(rehyat)}",
         ]
     )
+
+
+def _mean(shares: dict[str, float]) -> float:
+    return sum(shares.values()) / len(shares) if shares else 0.0

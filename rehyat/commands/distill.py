@@ -97,6 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--batch-size", type=int, default=_O.batch_size, help="trajectories per process per step"
     )
+    opt.add_argument(
+        "--query-chunk-fraction",
+        type=float,
+        default=_O.query_chunk_fraction,
+        help="train each step on this random fraction of the query chunks that have a linear part "
+        "(1 = all; < 1 saves student compute and memory for a noisier gradient; causal only)",
+    )
     opt.add_argument("--seed", type=int, default=_O.seed, help="trajectory k uses noise seed seed+k")
     opt.add_argument("--phi-seed", type=int, default=_O.phi_seed, help="seed of φ's initialisation")
     opt.add_argument(
@@ -170,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         holdout_prompts=args.holdout_prompts,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
+        query_chunk_fraction=args.query_chunk_fraction,
     )
     conversion = ConversionConfig(
         num_blocks=args.num_blocks,

@@ -32,44 +32,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..training.trainable import TRAINABLE_SETS
 
     io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--model", required=True, help="Wan2.1 transformer .safetensors (the base, never modified)")
-    io.add_argument("--phi", help="φ file from stage 1 (ReHyAt blocks); without it the model trains as softmax")
-    io.add_argument("--dataset", required=True, help="dataset folder written by `python -m rehyat make-dataset`")
-    io.add_argument("--run-name", required=True,
-                    help="name of the run folder (checkpoints, outputs); the same name resumes the run")
-    io.add_argument("--runs-dir", default="rehyat_runs", help="where run folders live (default: ./rehyat_runs)")
-    io.add_argument("--output", choices=("lora", "full", "phi"), default=None,
-                    help="what to write besides φ: 'lora' (ComfyUI LoRA file), 'full' (whole transformer) or "
-                         "'phi' (φ only). Default: lora for --trainable lora, phi for phi, else full")
-    io.add_argument("--output-dir", help="folder for the output files (default: the run folder); e.g. "
-                                         "ComfyUI/models/loras or models/diffusion_models")
-    io.add_argument("--full-dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
-                    help="dtype of the full checkpoint (default bf16, like the released Wan2.1 files)")
+    io.add_argument(
+        "--model", required=True, help="Wan2.1 transformer .safetensors (the base, never modified)"
+    )
+    io.add_argument(
+        "--phi", help="φ file from stage 1 (ReHyAt blocks); without it the model trains as softmax"
+    )
+    io.add_argument(
+        "--dataset", required=True, help="dataset folder written by `python -m rehyat make-dataset`"
+    )
+    io.add_argument(
+        "--run-name",
+        required=True,
+        help="name of the run folder (checkpoints, outputs); the same name resumes the run",
+    )
+    io.add_argument(
+        "--runs-dir", default="rehyat_runs", help="where run folders live (default: ./rehyat_runs)"
+    )
+    io.add_argument(
+        "--output",
+        choices=("lora", "full", "phi"),
+        default=None,
+        help="what to write besides φ: 'lora' (ComfyUI LoRA file), 'full' (whole transformer) or "
+        "'phi' (φ only). Default: lora for --trainable lora, phi for phi, else full",
+    )
+    io.add_argument(
+        "--output-dir",
+        help="folder for the output files (default: the run folder); e.g. "
+        "ComfyUI/models/loras or models/diffusion_models",
+    )
+    io.add_argument(
+        "--full-dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default="bf16",
+        help="dtype of the full checkpoint (default bf16, like the released Wan2.1 files)",
+    )
 
     train = parser.add_argument_group("training")
-    train.add_argument("--trainable", choices=TRAINABLE_SETS, default="lora",
-                       help="what trains: φ only; φ + self-attention; everything (the paper); or LoRA on every "
-                            "block linear + φ (default; LoLCATs' cheap choice)")
+    train.add_argument(
+        "--trainable",
+        choices=TRAINABLE_SETS,
+        default="lora",
+        help="what trains: φ only; φ + self-attention; everything (the paper); or LoRA on every "
+        "block linear + φ (default; LoLCATs' cheap choice)",
+    )
     train.add_argument("--lora-rank", type=int, default=16, help="LoRA rank r (default 16)")
     train.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: = rank, scale 1)")
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps (paper: 1000)")
-    train.add_argument("--batch-size", type=int, default=16, help="global batch over all processes (paper: 16)")
-    train.add_argument("--micro-batch", type=int, default=1,
-                       help="samples per forward/backward; the rest of the batch is gradient accumulation")
-    train.add_argument("--learning-rate", type=float, default=None,
-                       help="AdamW learning rate (default: 1e-5 as the paper; 1e-4 for --trainable lora)")
+    train.add_argument(
+        "--batch-size", type=int, default=16, help="global batch over all processes (paper: 16)"
+    )
+    train.add_argument(
+        "--micro-batch",
+        type=int,
+        default=1,
+        help="samples per forward/backward; the rest of the batch is gradient accumulation",
+    )
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="AdamW learning rate (default: 1e-5 as the paper; 1e-4 for --trainable lora)",
+    )
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     train.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    train.add_argument("--shift", type=float, default=DEFAULT_TRAIN_SHIFT,
-                       help=f"Wan timestep shift of the training σ (default {DEFAULT_TRAIN_SHIFT})")
-    train.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLINGS, default="uniform",
-                       help="base distribution of σ before the shift")
-    train.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto: bf16 autocast on CUDA with fp32 trained weights, fp32 on CPU")
-    train.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute each block in the backward pass (less memory, ~30%% slower)")
-    train.add_argument("--checkpoint-every", type=int, default=100, help="save a resumable checkpoint every N steps")
+    train.add_argument(
+        "--shift",
+        type=float,
+        default=DEFAULT_TRAIN_SHIFT,
+        help=f"Wan timestep shift of the training σ (default {DEFAULT_TRAIN_SHIFT})",
+    )
+    train.add_argument(
+        "--timestep-sampling",
+        choices=TIMESTEP_SAMPLINGS,
+        default="uniform",
+        help="base distribution of σ before the shift",
+    )
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast on CUDA with fp32 trained weights, fp32 on CPU",
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each block in the backward pass (less memory, ~30%% slower)",
+    )
+    train.add_argument(
+        "--checkpoint-every", type=int, default=100, help="save a resumable checkpoint every N steps"
+    )
     train.add_argument("--seed", type=int, default=0, help="seed of data order, noise, σ and LoRA init")
     train.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: cuda when available)")
 
@@ -106,11 +159,20 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
         raise ValueError("--output phi only keeps φ: use it with --trainable phi")
     learning_rate = args.learning_rate or (1e-4 if args.trainable == "lora" else 1e-5)
     config = FinetuneConfig(
-        trainable=args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, steps=args.steps,
-        batch_size=args.batch_size, micro_batch=args.micro_batch, learning_rate=learning_rate,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-        precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        trainable=args.trainable,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
+        learning_rate=learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
         flow=FlowMatchingConfig(shift=args.shift, sampling=args.timestep_sampling),
     )
     model_path = Path(args.model)
@@ -124,16 +186,21 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
         model = WanDiT.from_state_dict(load_file(str(model_path)))
         if dataset.latent_shape[0] != model.config.in_dim or dataset.context_dim != model.config.text_dim:
             raise ValueError(
-                f"--dataset latents have {dataset.latent_shape[0]} channels and {dataset.context_dim}-wide text, "
+                f"--dataset latents have {dataset.latent_shape[0]} channels and {dataset.context_dim}-wide "
+                f"text, "
                 f"but the model takes {model.config.in_dim} and {model.config.text_dim}"
             )
         model.float().to(device)
         if args.phi:
             load_phi(model, args.phi)
-        identity = {"model": model_path.name, "model_config": model.config.to_dict(),
-                    "phi": Path(args.phi).name if args.phi else None,
-                    "conversion": c.to_dict() if (c := conversion_config(model)) else None,
-                    "dataset": dataset.identity(), "finetune": config.identity()}
+        identity = {
+            "model": model_path.name,
+            "model_config": model.config.to_dict(),
+            "phi": Path(args.phi).name if args.phi else None,
+            "conversion": c.to_dict() if (c := conversion_config(model)) else None,
+            "dataset": dataset.identity(),
+            "finetune": config.identity(),
+        }
         runs_dir = Path(args.runs_dir)
         if ctx.is_main:
             RunFolder(runs_dir, args.run_name, identity)
@@ -146,17 +213,25 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.refresh()
 
-        result = finetune(model, lambda x, t, c: model(x, t, c), dataset, config, run=run_folder, ctx=ctx,
-                          progress=progress)
+        result = finetune(
+            model, lambda x, t, c: model(x, t, c), dataset, config, run=run_folder, ctx=ctx, progress=progress
+        )
         bar.close()
         if not ctx.is_main:
             return None
         out_dir = Path(args.output_dir) if args.output_dir else run_folder.path
         stem = f"{args.run_name}_s{result.step}"
-        info = {"stage": "finetune", "steps": result.step, "learning_rate": learning_rate,
-                "trainable": config.trainable, "batch_size": config.batch_size, "seed": config.seed,
-                "dataset_samples": len(dataset), "base_model": model_path.name,
-                "resumed_from": result.resumed_from}
+        info = {
+            "stage": "finetune",
+            "steps": result.step,
+            "learning_rate": learning_rate,
+            "trainable": config.trainable,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "dataset_samples": len(dataset),
+            "base_model": model_path.name,
+            "resumed_from": result.resumed_from,
+        }
         files: dict[str, str] = {}
         if output == "lora":
             files["lora"] = str(save_comfy_lora(model, out_dir / f"{stem}_lora.safetensors", info=info))
@@ -165,15 +240,28 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
 
             merge_lora(model)
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.full_dtype]
-            files["full"] = str(save_full_checkpoint(model, out_dir / f"{stem}.safetensors", info=info,
-                                                     dtype=dtype))
+            files["full"] = str(
+                save_full_checkpoint(model, out_dir / f"{stem}.safetensors", info=info, dtype=dtype)
+            )
         if conversion_config(model) is not None:
             files["phi"] = str(save_phi(model, out_dir / f"{stem}_phi.safetensors", training=info))
-        files["loss_curve"] = str(loss_curve_png({"flow-matching loss": result.losses},
-                                                 run_folder.path / "loss.png", title=f"finetune {args.run_name}"))
-        report = {**info, "losses_first": result.losses[:5], "losses_last": result.losses[-5:],
-                  "seconds": round(result.seconds, 2), "trained_parameters": result.trainable.count,
-                  "device": str(device), "processes": ctx.world_size, "files": files}
+        files["loss_curve"] = str(
+            loss_curve_png(
+                {"flow-matching loss": result.losses},
+                run_folder.path / "loss.png",
+                title=f"finetune {args.run_name}",
+            )
+        )
+        report = {
+            **info,
+            "losses_first": result.losses[:5],
+            "losses_last": result.losses[-5:],
+            "seconds": round(result.seconds, 2),
+            "trained_parameters": result.trainable.count,
+            "device": str(device),
+            "processes": ctx.world_size,
+            "files": files,
+        }
         run_folder.write_json("report.json", report)
         return report
     finally:

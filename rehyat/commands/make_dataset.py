@@ -23,21 +23,34 @@ HELP = "fine-tuning dataset from the teacher's generations (prompt conditionings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``make-dataset`` options."""
-    parser.add_argument("--model", required=True, help="Wan2.1 transformer .safetensors (the softmax teacher)")
+    parser.add_argument(
+        "--model", required=True, help="Wan2.1 transformer .safetensors (the softmax teacher)"
+    )
     parser.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
-    parser.add_argument("--prompts", nargs="+", required=True,
-                        help="conditioning files (.safetensors), one per prompt")
+    parser.add_argument(
+        "--prompts", nargs="+", required=True, help="conditioning files (.safetensors), one per prompt"
+    )
     parser.add_argument("--negative", help="conditioning file of the negative prompt (for guidance)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (each prompt × each seed)")
-    parser.add_argument("--frames", type=int, default=81, help="video frames, 1 + 4k (default 81 → 21 latent)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="noise seeds (each prompt × each seed)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=81, help="video frames, 1 + 4k (default 81 → 21 latent)"
+    )
     parser.add_argument("--height", type=int, default=320, help="video height in pixels, multiple of 16")
     parser.add_argument("--width", type=int, default=480, help="video width in pixels, multiple of 16")
     parser.add_argument("--steps", type=int, default=50, help="Euler steps (the paper's teacher: 50)")
     parser.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (paper: 5)")
-    parser.add_argument("--shift", type=float, default=8.0, help="sampling shift (ComfyUI's Wan2.1 default 8)")
+    parser.add_argument(
+        "--shift", type=float, default=8.0, help="sampling shift (ComfyUI's Wan2.1 default 8)"
+    )
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,21 +88,48 @@ def make_dataset_from_args(args: argparse.Namespace) -> dict:
     negative = conditioning_tensor(load_conditioning(args.negative), "--negative") if args.negative else None
     model = WanDiT.from_state_dict(load_file(str(model_path))).to(device, dtype).eval()
     if shape[0] != model.config.in_dim:
-        raise ValueError(f"the model takes {model.config.in_dim} latent channels, not {shape[0]} (I2V is not supported)")
+        raise ValueError(
+            f"the model takes {model.config.in_dim} latent channels, not {shape[0]} (I2V is not supported)"
+        )
     dataset = LatentDataset(args.out, model=WAN21_DATASET_MODEL)
     jobs = [(path, context, seed) for path, context in prompts for seed in args.seeds]
     written = []
     bar = tqdm(total=len(jobs) * args.steps, desc="make-dataset", unit="step")
     for path, context, seed in jobs:
-        latent = generate_teacher_latent(lambda x, t, c: model(x, t.to(dtype), c), context, negative, seed=seed,
-                                         latent_shape=shape, steps=args.steps, guidance=args.cfg,
-                                         shift=args.shift, device=device, dtype=dtype,
-                                         callback=lambda i, x: bar.update(1))
-        info = {"source": "teacher", "teacher": model_path.name, "prompt_file": path.name, "seed": seed, "steps": args.steps,
-                "cfg": args.cfg, "shift": args.shift, "sampler": "euler", "negative_file":
-                Path(args.negative).name if args.negative else None, "video_frames": args.frames,
-                "height": args.height, "width": args.width, "dtype": dtype_name}
+        latent = generate_teacher_latent(
+            lambda x, t, c: model(x, t.to(dtype), c),
+            context,
+            negative,
+            seed=seed,
+            latent_shape=shape,
+            steps=args.steps,
+            guidance=args.cfg,
+            shift=args.shift,
+            device=device,
+            dtype=dtype,
+            callback=lambda i, x: bar.update(1),
+        )
+        info = {
+            "source": "teacher",
+            "teacher": model_path.name,
+            "prompt_file": path.name,
+            "seed": seed,
+            "steps": args.steps,
+            "cfg": args.cfg,
+            "shift": args.shift,
+            "sampler": "euler",
+            "negative_file": Path(args.negative).name if args.negative else None,
+            "video_frames": args.frames,
+            "height": args.height,
+            "width": args.width,
+            "dtype": dtype_name,
+        }
         written.append(str(dataset.append(latent, context.float(), info)))
     bar.close()
-    return {"dataset": str(Path(args.out)), "samples": len(dataset), "added": len(written),
-            "latent_shape": list(shape), "files": written}
+    return {
+        "dataset": str(Path(args.out)),
+        "samples": len(dataset),
+        "added": len(written),
+        "latent_shape": list(shape),
+        "files": written,
+    }

@@ -11,8 +11,9 @@ the PNG plots; ``--json`` prints the JSON report instead of the table.
 ``--paper`` prints the paper's compute figures (Fig. 4, Tables 6 and 8) next to this profiler's
 counts, as Markdown (the tables of docs/compute.md).
 
-``--latent`` is T×H×W in latent units (VAE: 8 px per cell, 1 + 4·(T − 1) video frames): 480×832 px
-and 81 frames is 21x60x104 (the paper's "latent 21×30×52" counts the 2×2-patched tokens).
+``--latent`` is T×H×W in the paper's notation: latent frames × the 2×2-patched token grid (16 px
+per token, 1 + 4·(T − 1) video frames), so 480×832 px and 81 frames is ``21x30x52`` (1560 tokens
+per frame), exactly the paper's "latent 21×30×52".
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             ("--ffn-dim", "override its FFN width"), ("--layers", "override its depth"),
                             ("--text-len", "override its text tokens (512)")):
         parser.add_argument(flag, type=int, default=None, help=help_text)
-    parser.add_argument("--latent", default="21x60x104",
-                        help="T x H x W in latent units (21x60x104 = 81 frames at 480x832)")
+    parser.add_argument("--latent", default="21x30x52",
+                        help="T x H x W: latent frames x patched tokens high x wide, the paper's notation "
+                             "(21x30x52 = 81 frames at 480x832)")
     parser.add_argument("--lengths", type=_int_list, default=(),
                         help="latent frame counts of the length sweep, e.g. 21,41,81 (81/161/321 frames)")
     parser.add_argument("--chunk-frames", type=int, default=3, help="Tc of the ReHyAt case")
@@ -75,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_request(args: argparse.Namespace):
     """The :class:`~rehyat.profiling.ProfileRequest` of the parsed options (ValueError names the option)."""
-    from ..profiling import ContextWindowCase, ProfileRequest, ReHyAtCase, get_preset, parse_latent
-    from ..profiling.presets import WanShape
+    from ..profiling import ContextWindowCase, ProfileRequest, ReHyAtCase, get_preset
+    from ..profiling.presets import WanShape, parse_token_grid
 
     with _option("--preset"):
         shape = get_preset(args.preset)
@@ -88,7 +90,7 @@ def build_request(args: argparse.Namespace):
             shape = WanShape(**{**shape.to_dict(), "patch": shape.patch, **overrides,
                              "name": f"{shape.name} (custom)"})
     with _option("--latent"):
-        latent = parse_latent(args.latent)
+        latent = parse_token_grid(args.latent, shape.patch[1:])
     with _option("--chunk-frames / --overlap-frames / --converted-blocks / --form"):
         rehyat = ReHyAtCase(chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames,
                             converted_blocks=args.converted_blocks, causal=not args.non_causal,

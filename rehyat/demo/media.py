@@ -75,7 +75,8 @@ def write_mp4(images: list[Image.Image], path: str | os.PathLike[str], fps: int 
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         for image in images:
-            frame = av.VideoFrame.from_ndarray(np.asarray(image)[: stream.height, : stream.width], format="rgb24")
+            rgb = np.asarray(image)[: stream.height, : stream.width]
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -7,8 +7,9 @@
 4. generate a clip several times the teacher's training length from the same seed and prompt with
    the teacher (softmax over all frames) and with ReHyAt (recurrent: chunk after chunk, constant
    memory);
-5. write ``side_by_side.gif`` (and ``side_by_side.mp4`` when PyAV is installed), ``metrics.json`` (fidelity against the teacher, time and peak memory
-   per length for both) and ``time_memory.png``, plus the φ used (``phi.safetensors``).
+5. write ``side_by_side.gif`` (and ``side_by_side.mp4`` when PyAV is installed), ``metrics.json``
+   (fidelity against the teacher, time and peak memory per length for both) and
+   ``time_memory.png``, plus the φ used (``phi.safetensors``).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print, progress: b
         measurements,
         output / "time_memory.png",
         f"one denoising step, {teacher.config.clip.size}×{teacher.config.clip.size} px, "
-        f"{torch.get_num_threads()} CPU threads",
+        f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}",
     )
     _write_json(output / "metrics.json", metrics)
     log(f"wrote {output / 'side_by_side.gif'}, {output / 'metrics.json'}, {output / 'time_memory.png'}")
@@ -291,12 +292,25 @@ def fidelity(teacher_clip: Tensor, rehyat_clip: Tensor, train_frames: int) -> di
     return {k: _finite(v) if isinstance(v, float) else v for k, v in result.items()}
 
 
+GENERATED_MIN_COVERAGE = 0.5  # detector settings for generated clips: ignore dim speckle
+GENERATED_MIN_AREA = 4.0
+
+
 def detection_summary(pixels: Tensor, prompt: str) -> dict[str, Any]:
-    """Share of frames in which the simple colour detector finds each colour the prompt names."""
-    words = prompt.lower().split()
-    colours = [w for w in words if w in COLOURS]
-    found = detect_shapes(pixels, colours)
-    return {colour: sum(frame[colour] is not None for frame in found) / len(found) for colour in colours}
+    """Share of frames in which the colour detector finds each colour — the prompt's and the others.
+
+    A teacher that follows its prompt shows the prompt's colours in most frames and the others in
+    few (see :func:`rehyat.teacher.shapes.detect_shapes`).
+    """
+    words = set(prompt.lower().split())
+    found = detect_shapes(
+        pixels, list(COLOURS), min_coverage=GENERATED_MIN_COVERAGE, min_area=GENERATED_MIN_AREA
+    )
+    share = {c: sum(frame[c] is not None for frame in found) / len(found) for c in COLOURS}
+    return {
+        "prompt_colours": {c: v for c, v in share.items() if c in words},
+        "other_colours": {c: v for c, v in share.items() if c not in words},
+    }
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -9,8 +9,15 @@ never touched:
   (same parameter objects, same attribute names, so LoRA keys still resolve) and the model module's
   own RoPE function; cross-attention is never touched;
 - a ``diffusion_model`` wrapper (keyed ``"rehyat"``) reads the frame grid off the actual latent
-  (ComfyUI 0.3.75 passes none) and, in ``forward_mode="recurrent"``, runs the whole DiT chunk by
-  chunk through :func:`rehyat.recurrent_dit.run_chunked_forward`.
+  (ComfyUI 0.3.75 passes none) and, in ``forward_mode="recurrent"`` or under a chunked sampler
+  (a :class:`rehyat.streaming.StreamContext` in ``transformer_options``), runs the whole DiT chunk
+  by chunk through :func:`rehyat.recurrent_dit.run_chunked_forward` — with fresh states (sweep) or
+  continuing the streaming state store at the chunk's absolute frame offset. Model inputs it cannot
+  honour (VACE, reference latents with a ref_conv, time_dim_concat, ControlNet, unknown inputs) are
+  refused by name, never dropped;
+- a ``prepare_sampling`` wrapper makes ComfyUI size its memory for one chunk (Tc + To frames, plus
+  the state store when it stays on the device) instead of the whole clip; φ is counted in the
+  clone's model size, and lives in the model's module tree through the object patches.
 """
 
 from __future__ import annotations

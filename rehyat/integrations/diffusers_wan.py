@@ -6,14 +6,20 @@ core stays pure PyTorch. :func:`patch_diffusers_wan` patches the model **in plac
 
 - each chosen block's self-attention ``blocks[i].attn1`` gets a :class:`ReHyAtWanAttnProcessor`
   (via ``attn1.set_processor``); cross-attention ``attn2`` and unchosen blocks keep their own
-  processor objects. The processor is a plain object, not an ``nn.Module``, so φ never enters the
-  model's ``state_dict``; the φ modules (:class:`~rehyat.hybrid.HybridAttention`) live in the patch.
-- a forward pre-hook on the transformer reads the frame grid ``FrameGrid(T // p_t, H // p_h,
-  W // p_w)`` off ``hidden_states`` ``(B, C, T, H, W)`` before every call. Sizes that are not a
-  multiple of the patch size are **floored**, exactly as diffusers' own patch embedding (a strided
-  Conv3d that drops the remainder), RoPE and unpatchify do; the output then also has the floored
-  size. A forward hook (``always_call``) clears the grid afterwards, so a processor called outside a
-  model call fails loudly instead of using a stale grid.
+  processor objects. The processor is an ``nn.Module`` holding the block's φ
+  (:class:`~rehyat.hybrid.HybridAttention`), and diffusers registers a module processor as the
+  submodule ``attn1.processor`` — as it does for IP-Adapter processors — so φ is part of the model's
+  module tree: ``model.to()``, DDP, offloading, ``parameters()`` and ``state_dict()``
+  (``blocks.N.attn1.processor.hybrid.feature_maps.phi_{q,k}.*``) all see it.
+- the frame grid travels **with the call**: a forward hook on ``model.rope`` reads
+  ``FrameGrid(T // p_t, H // p_h, W // p_w)`` off the latent the model gives its RoPE and returns
+  the RoPE tables as a :class:`RotaryWithRun` — a tuple carrying the :class:`~rehyat.hybrid.ReHyAtRun`
+  — which diffusers hands to every block as ``rotary_emb``. Gradient checkpointing replays a
+  block with the same arguments, so recomputation sees the same grid (no side context that could
+  be cleared or overwritten in between). Sizes that are not a multiple of the patch size are
+  **floored**, exactly as diffusers' own patch embedding (a strided Conv3d that drops the
+  remainder), RoPE and unpatchify do; the output then also has the floored size. A processor
+  called without such tables (outside a model call) fails loudly.
 - ``forward_mode="recurrent"`` takes the forward over: an instance attribute ``model.forward`` is
   installed (so ``model(...)``, pipelines and the pre-hook keep working) that runs the DiT chunk by
   chunk through :func:`rehyat.recurrent_dit.run_chunked_forward` with the same arguments and output
@@ -22,8 +28,8 @@ core stays pure PyTorch. :func:`patch_diffusers_wan` patches the model **in plac
   hooks, diffusers hook registries): a model whose ``forward`` is already overridden is refused in
   recurrent mode, since the recurrent forward would silently bypass that wrapper.
 
-The patch's shared state is per forward and not thread-safe: run one forward of a patched model at
-a time.
+The last recurrent forward's states are kept on the patch (:attr:`DiffusersReHyAtPatch.last_states`);
+run one recurrent forward of a patched model at a time.
 """
 
 from __future__ import annotations
@@ -47,54 +53,65 @@ _MARKER = "_rehyat_patch_context"  # attribute on a patched model (holds its _Pa
 _MISSING = object()
 
 
+class RotaryWithRun(tuple):
+    """diffusers' RoPE tables ``(freqs_cos, freqs_sin)`` plus the forward's :class:`ReHyAtRun` (``.run``).
+
+    A plain tuple to diffusers (it unpacks and passes it on unchanged); the ReHyAt processors read
+    the frame grid and run mode from ``.run``.
+    """
+
+    run: ReHyAtRun
+
+    def __new__(cls, tables: tuple[Tensor, Tensor], run: ReHyAtRun) -> RotaryWithRun:
+        obj = super().__new__(cls, tables)
+        obj.run = run
+        return obj
+
+
 class _PatchContext:
-    """State shared by a patch's hooks, processors and recurrent forward (never holds the model).
+    """What a patch's hooks and recurrent forward share (never holds the model).
 
     Attributes:
-        run: the :class:`ReHyAtRun` the self-attention processors use right now (None between calls).
         last_states: per block, the recurrent states after the last recurrent forward.
     """
 
-    def __init__(self) -> None:
-        self.run: ReHyAtRun | None = None
+    def __init__(self, patch_size: tuple[int, int, int]) -> None:
+        self.patch_size = patch_size
         self.last_states: dict[int, RecurrentState] = {}
 
-    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook: record the frame grid of this call's ``hidden_states``."""
+    def rope_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Forward hook on ``model.rope``: attach this call's run (grid of the latent) to the tables."""
         hidden_states = args[0] if args else kwargs.get("hidden_states")
-        self.run = None
-        if isinstance(hidden_states, Tensor):
-            self.run = ReHyAtRun(grid=wan_frame_grid(module, hidden_states), mode="parallel")
-
-    def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        """Forward hook (always called, also on errors): forget this call's grid."""
-        self.run = None
+        if isinstance(output, RotaryWithRun) or not isinstance(hidden_states, Tensor):
+            return output
+        grid = _grid_of(hidden_states, self.patch_size)
+        return RotaryWithRun(tuple(output), ReHyAtRun(grid=grid, mode="parallel"))
 
 
-class ReHyAtWanAttnProcessor:
+class ReHyAtWanAttnProcessor(nn.Module):
     """Attention processor for a diffusers Wan **self**-attention (``WanTransformerBlock.attn1``).
 
     Computes q, k, v exactly like diffusers' ``WanAttnProcessor`` (projections — fused or not —,
     RMSNorm across heads, head split, interleaved-pair RoPE from ``rotary_emb``), replaces the
-    softmax by :class:`~rehyat.hybrid.HybridAttention` on the current frame grid, then applies the
-    output projection. The grid and run mode come from the patch's shared context.
+    softmax by :class:`~rehyat.hybrid.HybridAttention` on the frame grid carried by ``rotary_emb``
+    (a :class:`RotaryWithRun`), then applies the output projection.
 
-    Not an ``nn.Module`` on purpose: setting it on ``attn1`` adds nothing to the model's state dict.
+    An ``nn.Module``: set on ``attn1`` it becomes the submodule ``attn1.processor`` and its φ
+    (``hybrid``) belongs to the model's module tree.
 
     Args:
         hybrid: the block's ReHyAt attention (φq, φk, Tc, To, causal).
-        context: the owning patch's shared context (holds the current :class:`ReHyAtRun`).
     """
 
     # Attributes diffusers sets on processors (attention backend, context parallelism); ignored.
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, hybrid: HybridAttention, context: _PatchContext):
+    def __init__(self, hybrid: HybridAttention):
+        super().__init__()
         self.hybrid = hybrid
-        self.context = context
 
-    def __call__(
+    def forward(
         self,
         attn: nn.Module,
         hidden_states: Tensor,
@@ -108,12 +125,12 @@ class ReHyAtWanAttnProcessor:
             raise ValueError(f"ReHyAt processor of block {index} is for self-attention (attn1) only")
         if attention_mask is not None:
             raise ValueError(f"ReHyAt processor of block {index} does not support an attention_mask")
-        run = self.context.run
+        run = getattr(rotary_emb, "run", None)
         if run is None:
             raise RuntimeError(
                 f"ReHyAt block {index} was called without a frame grid: call the patched transformer "
-                "itself, model(hidden_states, ...), whose pre-hook records the grid (model.forward(...) "
-                "or calling a block directly bypasses it)"
+                "itself, model(hidden_states, ...), whose RoPE hook attaches the grid to rotary_emb "
+                "(calling a block directly with plain RoPE tables bypasses it)"
             )
         query, key, value = _qkv_projections(attn, hidden_states)  # (B, N, H·d) each
         query = attn.norm_q(query)
@@ -129,8 +146,8 @@ class ReHyAtWanAttnProcessor:
         out = attn.to_out[0](out)
         return attn.to_out[1](out)  # dropout
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(block={self.hybrid.block_index})"
+    def extra_repr(self) -> str:
+        return f"block={self.hybrid.block_index}"
 
 
 def apply_wan_rotary(x: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> Tensor:
@@ -153,11 +170,15 @@ def apply_wan_rotary(x: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> Tensor:
 
 def wan_frame_grid(model: nn.Module, hidden_states: Tensor) -> FrameGrid:
     """Token grid of a latent ``(B, C, T, H, W)`` after the model's patching (floored, as diffusers)."""
+    return _grid_of(hidden_states, tuple(model.config.patch_size))
+
+
+def _grid_of(hidden_states: Tensor, patch_size: tuple[int, int, int]) -> FrameGrid:
     if hidden_states.ndim != 5:
         raise ValueError(
             f"a Wan transformer takes hidden_states (B, C, T, H, W); got shape {tuple(hidden_states.shape)}"
         )
-    p_t, p_h, p_w = model.config.patch_size
+    p_t, p_h, p_w = patch_size
     t, h, w = hidden_states.shape[2:]
     if t < p_t or h < p_h or w < p_w:
         raise ValueError(f"latent {t}×{h}×{w} is smaller than the patch size {p_t}×{p_h}×{p_w}")
@@ -277,7 +298,6 @@ class DiffusersReHyAtPatch:
             handle.remove()
         if getattr(model, _MARKER, None) is self._context:
             delattr(model, _MARKER)
-        self._context.run = None
         self._active = False
 
     def __enter__(self) -> DiffusersReHyAtPatch:
@@ -343,16 +363,13 @@ def patch_diffusers_wan(
         hybrid = dict(feature_maps)
         _check_feature_maps(model, config, blocks, hybrid)
 
-    context = _PatchContext()
+    context = _PatchContext(tuple(model.config.patch_size))
     originals: dict[int, Any] = {}
     for index in blocks:
         attn = model.blocks[index].attn1
         originals[index] = attn.processor
-        attn.set_processor(ReHyAtWanAttnProcessor(hybrid[index], context))
-    handles = [
-        model.register_forward_pre_hook(context.pre_hook, with_kwargs=True),
-        model.register_forward_hook(context.post_hook, always_call=True),
-    ]
+        attn.set_processor(ReHyAtWanAttnProcessor(hybrid[index]))
+    handles = [model.rope.register_forward_hook(context.rope_hook, with_kwargs=True)]
     forward_fn = previous = None
     if forward_mode == "recurrent":
         previous = model.__dict__.get("forward", _MISSING)
@@ -552,11 +569,8 @@ class _DiffusersWanChunks:
     def run_block(self, index: int, tokens: Tensor, f0: int, f1: int, run: ReHyAtRun) -> Tensor:
         """Block ``index`` on the chunk's tokens ``(B, n·P, C)``."""
         temb = self.timestep_proj[:, self._tokens(f0, f1)] if self.per_token else self.timestep_proj
-        self.context.run = run
-        try:
-            return self.model.blocks[index](tokens, self.context_tokens, temb, self._rotary(f0, f1))
-        finally:
-            self.context.run = None
+        rotary = RotaryWithRun(self._rotary(f0, f1), run)
+        return self.model.blocks[index](tokens, self.context_tokens, temb, rotary)
 
     def finish_chunk(self, tokens: Tensor, f0: int, f1: int) -> Tensor:
         """Head (norm, modulation, projection) and unpatchify → ``(B, C_out, n·p_t, H', W')``."""
@@ -579,6 +593,7 @@ __all__ = [
     "DiffusersReHyAtPatch",
     "ForwardMode",
     "ReHyAtWanAttnProcessor",
+    "RotaryWithRun",
     "apply_wan_rotary",
     "build_hybrid_modules",
     "patch_diffusers_wan",

@@ -397,7 +397,9 @@ class WanDiT(nn.Module):
         ``model.diffusion_model.`` prefix, or diffusers' ``WanTransformer3DModel`` names (renamed
         with :mod:`rehyat.keymap`). The config comes from the tensor shapes (see
         :func:`detect_config`); ``num_heads`` defaults to ``dim // 128`` like ComfyUI's loader.
-        Tensors keep their dtype when the whole dict has one floating dtype.
+        Tensors keep their dtype when the whole dict has one floating dtype. The model takes the
+        tensors over without copying (no second copy of a large checkpoint in memory): pass a dict
+        you no longer use, or copies (``{k: v.clone() ...}``) of another live model's tensors.
         """
         sd = canonical_state_dict(state_dict)
         config = detect_config(sd, num_heads=num_heads)

@@ -52,6 +52,11 @@ def draw_length_panel(ax, report: dict[str, Any], quantity: str) -> None:
         if xs:
             ax.plot(xs, ys, marker="o", label=_label(report, key))
             drawn += 1
+    layers = [row["cases"][k].get("measured", {}).get("layers") for row in report["lengths"]
+              for k in _cases(report)]
+    layers = [n for n in layers if n]
+    if quantity != "model_tflops" and layers:
+        title += f" ({layers[0]}-block model)"
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("video frames")
     ax.set_ylabel(unit)

@@ -156,6 +156,16 @@ def parse_latent(text: str) -> LatentGrid:
     return LatentGrid(*(int(g) for g in match.groups()))
 
 
+def parse_token_grid(text: str, patch: tuple[int, int] = (2, 2)) -> LatentGrid:
+    """The paper's latent notation: ``"21x30x52"`` is T × H' × W' of the 2×2-patched token grid
+    (480×832 px, 81 frames, 1560 tokens per frame) → ``LatentGrid(21, 60, 104)`` in latent cells."""
+    match = _LATENT.match(str(text))
+    if not match:
+        raise ValueError(f"latent must be T x H x W in patched tokens, e.g. 21x30x52; got {text!r}")
+    frames, height, width = (int(g) for g in match.groups())
+    return LatentGrid(frames, height * patch[0], width * patch[1])
+
+
 def video_frames_to_latent(frames: int) -> int:
     """Latent frames of a ``frames``-frame video (81 → 21); ``frames`` must be 1 + 4k."""
     require_int("video frames", frames, low=1)

@@ -53,6 +53,12 @@ def format_table(report: dict[str, Any]) -> str:
                 cell += " (n/a)"
             cells.append(f"{cell:>26}")
         lines.append(f"{row['video_frames']:>7}" + "".join(cells))
+    measured = [row["cases"][k]["measured"] for row in report["lengths"] for k in keys
+                if "step_seconds" in row["cases"][k].get("measured", {})]
+    if measured:
+        m = measured[0]
+        lines.append(f"measured on a {m['layers']}-block model of these sizes on {m['device']} "
+                     f"(memory: {m['memory_method']}); TFLOPs are for the full model")
     errors = {row["cases"][k]["measured"]["error"] for row in report["lengths"] for k in keys
               if "error" in row["cases"][k].get("measured", {})}
     lines += [f"not measured: {e}" for e in sorted(errors)]

@@ -213,7 +213,11 @@ def render(truth: list[list[ShapeState]], size: int) -> Tensor:
 
 
 def detect_shapes(
-    pixels: Tensor, colours: list[str], tolerance: float = 0.25
+    pixels: Tensor,
+    colours: list[str],
+    tolerance: float = 0.25,
+    min_coverage: float = 0.05,
+    min_area: float = 2.0,
 ) -> list[dict[str, tuple | None]]:
     """A simple colour detector: per frame, each colour's coverage-weighted centroid (or None).
 
@@ -225,10 +229,12 @@ def detect_shapes(
         pixels: ``(3, T, H, W)`` in [-1, 1].
         colours: colour names to look for.
         tolerance: max-abs RGB residual of a pixel explained by the colour, relative to its coverage.
+        min_coverage: pixels covered less than this are ignored (0.05 keeps anti-aliased edges of
+            rendered clips; ~0.5 ignores the dim speckle of generated ones).
+        min_area: a colour covering fewer pixels than this in a frame is absent (None).
 
     Returns:
-        ``result[t][colour] = (x, y, area_px)`` or None (less than 2 px of coverage), in the
-        generator's pixel coordinates.
+        ``result[t][colour] = (x, y, area_px)`` or None, in the generator's pixel coordinates.
     """
     rgb = (pixels.float() + 1) / 2  # (3, T, H, W)
     _, frames, h, w = rgb.shape
@@ -239,10 +245,10 @@ def detect_shapes(
         ref = torch.tensor(COLOURS[colour])[:, None, None, None]
         coverage = ((rgb * ref).sum(dim=0) / ref.square().sum()).clamp(0, 1)  # (T, H, W)
         explained = (rgb - coverage * ref).abs().amax(dim=0) <= tolerance * coverage + 0.02
-        weight = torch.where(explained & (coverage > 0.05), coverage, torch.zeros_like(coverage))
+        weight = torch.where(explained & (coverage > min_coverage), coverage, torch.zeros_like(coverage))
         area = weight.sum(dim=(1, 2))
         for t in range(frames):
-            if area[t] < 2:
+            if area[t] < min_area:
                 result[t][colour] = None
                 continue
             cx = float((weight[t] * xs).sum() / area[t])

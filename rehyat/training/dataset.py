@@ -125,15 +125,22 @@ class LatentDataset:
                 raise ValueError(
                     "a new dataset needs a model description: LatentDataset(folder, model={...})"
                 )
-            self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                             "latent_shape": list(latent.shape), "context_dim": int(context.shape[1]),
-                             "model": self.model, "samples": []}
+            self.manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "latent_shape": list(latent.shape),
+                "context_dim": int(context.shape[1]),
+                "model": self.model,
+                "samples": [],
+            }
         _check_shapes(self.manifest, tuple(latent.shape), int(context.shape[1]), "new sample")
         index = len(self.manifest["samples"])
         name = _SAMPLE.format(index)
         self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"latent": latent.detach().cpu().contiguous(),
-                   "context": context.detach().cpu().contiguous()}
+        tensors = {
+            "latent": latent.detach().cpu().contiguous(),
+            "context": context.detach().cpu().contiguous(),
+        }
         atomic_save_file(tensors, {"format": FORMAT + "-sample"}, self.folder / name)
         entry = {**_canonical(dict(info)), "file": name, "context_tokens": int(context.shape[0])}
         manifest = {**self.manifest, "samples": [*self.manifest["samples"], entry]}
@@ -156,12 +163,15 @@ class LatentDataset:
             latent, context = handle.get_tensor("latent"), handle.get_tensor("context")
         _check_shapes(self.manifest, tuple(latent.shape), int(context.shape[-1]), f"sample file {path.name}")
         if context.ndim != 2 or context.shape[0] != self.manifest["samples"][index]["context_tokens"]:
-            raise ValueError(f"sample file {path.name}: context shape {tuple(context.shape)} differs from "
-                             "the manifest's entry")
+            raise ValueError(
+                f"sample file {path.name}: context shape {tuple(context.shape)} differs from "
+                "the manifest's entry"
+            )
         return Sample(latent=latent, context=context)
 
-    def batch(self, indices: Sequence[int], device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    def batch(
+        self, indices: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor]:
         """Samples ``indices`` stacked: latents (B, C, T, H, W) and contexts (B, L, D).
 
         Contexts are zero-padded to the longest context of the whole dataset (:attr:`context_length`),
@@ -180,8 +190,12 @@ class LatentDataset:
         """What a training run depends on: shapes, model and the sample files' list."""
         if self.manifest is None:
             raise ValueError(f"dataset {self.folder} is empty")
-        return {"latent_shape": self.manifest["latent_shape"], "context_dim": self.manifest["context_dim"],
-                "model": self.manifest["model"], "samples": [e["file"] for e in self.manifest["samples"]]}
+        return {
+            "latent_shape": self.manifest["latent_shape"],
+            "context_dim": self.manifest["context_dim"],
+            "model": self.manifest["model"],
+            "samples": [e["file"] for e in self.manifest["samples"]],
+        }
 
 
 def _squeeze_batch(tensor: Tensor, batched_ndim: int, name: str) -> Tensor:
@@ -219,8 +233,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a ReHyAt fine-tuning dataset manifest (format {FORMAT!r})")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {manifest.get('format_version')}; this version reads "
-                         f"≤ {FORMAT_VERSION}: update ComfyUI-ReHyAt")
+        raise ValueError(
+            f"{path} has format_version {manifest.get('format_version')}; this version reads "
+            f"≤ {FORMAT_VERSION}: update ComfyUI-ReHyAt"
+        )
     for key in ("latent_shape", "context_dim", "model", "samples"):
         if key not in manifest:
             raise ValueError(f"{path} lacks {key!r}")
@@ -235,9 +251,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 def _canonical(value: Any) -> Any:
     """JSON round trip (tuples → lists); refuses non-finite floats and non-JSON values."""
+
     def check(v: Any) -> None:
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"non-finite number {v} in dataset metadata")
+
     for v in _walk(value):
         check(v)
     try:

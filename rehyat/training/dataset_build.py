@@ -20,14 +20,18 @@ from .flow_matching import ModelFn, euler_sample
 WAN_LATENT_CHANNELS = 16
 WAN_TIME_STRIDE = 4  # the Wan VAE: 1 + 4·k video frames → 1 + k latent frames
 WAN_SPACE_STRIDE = 8
-WAN21_DATASET_MODEL = {"family": "wan2.1", "latent_space": "model (Wan21 latent format, process_in)",
-                       "in_dim": WAN_LATENT_CHANNELS}
+WAN21_DATASET_MODEL = {
+    "family": "wan2.1",
+    "latent_space": "model (Wan21 latent format, process_in)",
+    "in_dim": WAN_LATENT_CHANNELS,
+}
 """The ``model`` entry of Wan2.1 T2V datasets (the CLI and the ComfyUI node write the same one)."""
 _IMAGE_EXTRAS = ("clip_vision_output", "concat_latent_image", "concat_mask", "reference_latents")
 
 
-def video_latent_shape(frames: int, height: int, width: int,
-                       channels: int = WAN_LATENT_CHANNELS) -> tuple[int, int, int, int]:
+def video_latent_shape(
+    frames: int, height: int, width: int, channels: int = WAN_LATENT_CHANNELS
+) -> tuple[int, int, int, int]:
     """(C, T, H, W) of the Wan2.1 latent of a ``frames`` × ``height`` × ``width`` video.
 
     Raises:
@@ -41,7 +45,12 @@ def video_latent_shape(frames: int, height: int, width: int,
     for name, size in (("height", height), ("width", width)):
         if size % 16:
             raise ValueError(f"{name} must be a multiple of 16; got {size}")
-    return (channels, (frames - 1) // WAN_TIME_STRIDE + 1, height // WAN_SPACE_STRIDE, width // WAN_SPACE_STRIDE)
+    return (
+        channels,
+        (frames - 1) // WAN_TIME_STRIDE + 1,
+        height // WAN_SPACE_STRIDE,
+        width // WAN_SPACE_STRIDE,
+    )
 
 
 def conditioning_tensor(conditioning: Any, what: str = "conditioning") -> Tensor:
@@ -54,15 +63,20 @@ def conditioning_tensor(conditioning: Any, what: str = "conditioning") -> Tensor
         cond, extras = conditioning, {}
     else:
         if not isinstance(conditioning, (list, tuple)) or len(conditioning) != 1:
-            count = len(conditioning) if isinstance(conditioning, (list, tuple)) else type(conditioning).__name__
+            count = (
+                len(conditioning) if isinstance(conditioning, (list, tuple)) else type(conditioning).__name__
+            )
             raise ValueError(
-                f"{what} must hold exactly one entry (combine / area conditionings are not training samples); "
+                f"{what} must hold exactly one entry (combine / area conditionings are not training "
+                f"samples); "
                 f"got {count}"
             )
         cond, extras = conditioning[0][0], conditioning[0][1]
     present = [k for k in _IMAGE_EXTRAS if extras.get(k) is not None]
     if present:
-        raise ValueError(f"{what} carries image inputs {present}: only text-to-video fine-tuning is supported")
+        raise ValueError(
+            f"{what} carries image inputs {present}: only text-to-video fine-tuning is supported"
+        )
     if cond.ndim == 3:
         if cond.shape[0] != 1:
             raise ValueError(f"{what} has batch {cond.shape[0]}: give one prompt per sample")
@@ -73,7 +87,7 @@ def conditioning_tensor(conditioning: Any, what: str = "conditioning") -> Tensor
 
 
 def noise_for_seed(seed: int, latent_shape: tuple[int, ...]) -> Tensor:
-    """ComfyUI's initial noise for ``seed`` (``comfy.sample.prepare_noise``): fp32 CPU randn, (1, C, T, H, W)."""
+    """ComfyUI's initial noise for ``seed`` (as ``comfy.sample.prepare_noise``): CPU fp32, (1, C, T, H, W)."""
     require_int("seed", seed, low=0, high=2**64 - 1)
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((1, *latent_shape), generator=generator, dtype=torch.float32)
@@ -81,9 +95,17 @@ def noise_for_seed(seed: int, latent_shape: tuple[int, ...]) -> Tensor:
 
 @torch.no_grad()
 def generate_teacher_latent(
-    model_fn: ModelFn, context: Tensor, negative: Tensor | None, *, seed: int,
-    latent_shape: tuple[int, int, int, int], steps: int, guidance: float, shift: float,
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    model_fn: ModelFn,
+    context: Tensor,
+    negative: Tensor | None,
+    *,
+    seed: int,
+    latent_shape: tuple[int, int, int, int],
+    steps: int,
+    guidance: float,
+    shift: float,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     callback: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """The teacher's clean latent (C, T, H, W) for one prompt embedding (L, D) and one seed (Euler, CFG)."""
@@ -91,6 +113,14 @@ def generate_teacher_latent(
     noise = noise_for_seed(seed, latent_shape).to(device, dtype)
     positive = context.unsqueeze(0).to(device, dtype)  # (1, L, D)
     negative_batch = None if negative is None else negative.unsqueeze(0).to(device, dtype)
-    latent = euler_sample(model_fn, noise, positive, steps=steps, shift=shift, negative_context=negative_batch,
-                          guidance=guidance, callback=callback)
+    latent = euler_sample(
+        model_fn,
+        noise,
+        positive,
+        steps=steps,
+        shift=shift,
+        negative_context=negative_batch,
+        guidance=guidance,
+        callback=callback,
+    )
     return latent[0].float().cpu()

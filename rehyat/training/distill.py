@@ -4,7 +4,9 @@ The softmax teacher is sampled over (prompt, seed) trajectories. During every ca
 forward, each target block's ``q, k, v`` and attention output reach that block's
 :class:`~rehyat.training.student.BlockStudent`, which takes one AdamW step right there — so one
 teacher forward trains every block, blocks never share gradients, and peak memory is the teacher's
-forward plus one block's student graph (the captured tensors are dropped before the next block).
+forward plus one block's student graph (the captured tensors are dropped before the next block);
+``query_chunk_fraction < 1`` shrinks that graph further by training each step on a random subset of
+the query chunks (see :class:`~rehyat.training.options.DistillOptions`).
 
 Scale: under ``torchrun`` each rank samples its share of every global batch of trajectories and a
 block's φ gradients are averaged over ranks before its step — the same numbers (to rounding) as one
@@ -30,6 +32,7 @@ import torch
 
 from ..config import ConversionConfig
 from ..hybrid import HybridAttention
+from ..ops import chunk_layout
 from ..weights import BaseModelInfo, apply_phi_tensors, collect_phi_tensors, save_phi_weights
 from .capture import AttentionCapture, CapturedAttention, CaptureSink, check_blocks
 from .distributed import DistributedContext, all_reduce_mean_
@@ -125,6 +128,8 @@ class Distiller:
         self.teacher, self.conversion, self.options = teacher, conversion, options
         self.blocks = check_blocks(conversion.resolve_blocks(teacher.num_blocks), teacher.num_blocks)
         check_clip_length(teacher.latent_frames, conversion.attention)
+        if options.query_chunk_fraction < 1 and not conversion.attention.causal:
+            raise ValueError("query_chunk_fraction < 1 needs causal blocks; use 1 for non-causal ones")
         self.plan = TrajectoryPlan.build(num_prompts, options)
         self.ctx = ctx or DistributedContext()
         self.global_batch = options.batch_size * self.ctx.world_size
@@ -253,6 +258,22 @@ class Distiller:
             return save_phi_weights(*args, training=training)
         return save_phi_weights(*args)
 
+    def query_chunks(self, frames: int, block: int) -> list[int] | None:
+        """The query chunks block ``block`` trains on at the current step (None: all of them)."""
+        fraction = self.options.query_chunk_fraction
+        if fraction >= 1:
+            return None
+        cfg = self.conversion.attention
+        eligible = [
+            c.index for c in chunk_layout(frames, cfg.chunk_frames, cfg.overlap_frames) if c.window_start > 0
+        ]
+        count = max(1, math.ceil(fraction * len(eligible)))
+        generator = torch.Generator().manual_seed(
+            self.options.seed * 1_000_003 + self.progress.step * 1009 + block
+        )
+        picked = torch.randperm(len(eligible), generator=generator)[:count]
+        return sorted(eligible[i] for i in picked.tolist())
+
     def trajectories_used(self) -> int:
         """Training trajectories sampled so far (a batch counts once any of its forwards trained)."""
         p = self.progress
@@ -336,7 +357,8 @@ class _TrainSink:
 
     def attention(self, captured: CapturedAttention) -> None:
         if self.training:
-            self.losses[captured.block] = self.distiller.students[captured.block].train_step(captured)
+            chunks = self.distiller.query_chunks(captured.grid.frames, captured.block)
+            self.losses[captured.block] = self.distiller.students[captured.block].train_step(captured, chunks)
 
     def end_forward(self) -> None:
         if self.training:

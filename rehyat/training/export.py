@@ -28,7 +28,9 @@ def _new_file(path: str | os.PathLike[str]) -> Path:
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"output file name must end in .safetensors; got {path.name!r}")
     if path.exists():
-        raise FileExistsError(f"{path} already exists: fine-tuning never overwrites a file; choose a new name")
+        raise FileExistsError(
+            f"{path} already exists: fine-tuning never overwrites a file; choose a new name"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -38,8 +40,12 @@ def _metadata(info: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def save_comfy_lora(
-    model: nn.Module, path: str | os.PathLike[str], *, info: Mapping[str, Any] | None = None,
-    rename: Callable[[str], str] | None = None, dtype: torch.dtype = torch.float32,
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    info: Mapping[str, Any] | None = None,
+    rename: Callable[[str], str] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write the model's LoRA adapters as a ComfyUI LoRA file (new file; atomic).
 
@@ -56,7 +62,9 @@ def base_state_dict(model: nn.Module, *, dtype: torch.dtype | None = None) -> di
     :class:`~rehyat.models.wan.WanDiT`). ``dtype`` casts floating tensors (None: keep).
     """
     skip = phi_parameter_names(model)
-    deltas = {f"{name}.weight": getattr(module, LORA_ATTR).delta_weight() for name, module in lora_modules(model)}
+    deltas = {
+        f"{name}.weight": getattr(module, LORA_ATTR).delta_weight() for name, module in lora_modules(model)
+    }
     out: dict[str, Tensor] = {}
     for name, tensor in model.state_dict(keep_vars=False).items():
         if name in skip or f".{LORA_ATTR}." in f".{name}" or ".hybrid." in f".{name}":
@@ -71,8 +79,12 @@ def base_state_dict(model: nn.Module, *, dtype: torch.dtype | None = None) -> di
 
 
 def save_full_checkpoint(
-    model: nn.Module, path: str | os.PathLike[str], *, info: Mapping[str, Any] | None = None,
-    dtype: torch.dtype | None = None, rename: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    info: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    rename: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
 ) -> Path:
     """Write the fine-tuned transformer (:func:`base_state_dict`) as a new safetensors file.
 

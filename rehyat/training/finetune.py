@@ -210,8 +210,9 @@ def select_for_config(model: nn.Module, config: FinetuneConfig) -> Trainable:
     """:func:`select_trainable` with the config's set; LoRA initialisation depends on ``config.seed`` only."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return select_trainable(model, config.trainable, lora_rank=config.lora_rank,
-                                lora_alpha=config.lora_alpha)
+        return select_trainable(
+            model, config.trainable, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha
+        )
 
 
 def finetune(
@@ -260,8 +261,9 @@ def finetune(
     if ctx is not None and ctx.distributed:
         _broadcast_parameters(params)
     set_gradient_checkpointing(model, config.gradient_checkpointing)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, betas=config.betas, weight_decay=config.weight_decay
+    )
     losses: list[float] = []
     start, resumed_from = 0, None
     if run is not None:
@@ -282,7 +284,7 @@ def finetune(
             positions = list(range(step * config.batch_size, (step + 1) * config.batch_size))[rank::world]
             step_loss = torch.zeros((), dtype=torch.float64)
             for first in range(0, per_rank, config.micro_batch):
-                micro = positions[first:first + config.micro_batch]
+                micro = positions[first : first + config.micro_batch]
                 loss_sum = _micro_batch_loss(model_fn, dataset, config, micro, device)
                 (loss_sum / per_rank).backward()
                 step_loss += loss_sum.detach().double().cpu()
@@ -306,15 +308,27 @@ def finetune(
     finally:
         set_gradient_checkpointing(model, False)
         model.eval()
-    return FinetuneResult(step=done, losses=losses, cancelled=cancelled,
-                          resumed_from=resumed_from, trainable=trainable,
-                          seconds=time.perf_counter() - started)
+    return FinetuneResult(
+        step=done,
+        losses=losses,
+        cancelled=cancelled,
+        resumed_from=resumed_from,
+        trainable=trainable,
+        seconds=time.perf_counter() - started,
+    )
 
 
 @torch.no_grad()
 def evaluation_loss(
-    model_fn: ModelFn, dataset: LatentDataset, *, flow: FlowMatchingConfig | None = None, levels: int = 4,
-    micro_batch: int = 4, seed: int = 0, device: torch.device | str = "cpu", precision: Precision = "auto",
+    model_fn: ModelFn,
+    dataset: LatentDataset,
+    *,
+    flow: FlowMatchingConfig | None = None,
+    levels: int = 4,
+    micro_batch: int = 4,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    precision: Precision = "auto",
 ) -> float:
     """Mean flow-matching loss of every sample at ``levels`` fixed noise levels with fixed noise.
 
@@ -330,12 +344,14 @@ def evaluation_loss(
     jobs = [(i, k) for i in range(len(dataset)) for k in range(levels)]
     total = 0.0
     for first in range(0, len(jobs), micro_batch):
-        part = jobs[first:first + micro_batch]
+        part = jobs[first : first + micro_batch]
         x0, context = dataset.batch([i for i, _ in part], device=device)
-        noise = torch.stack([
-            torch.randn(x0.shape[1:], generator=sample_generator(seed + 7919, i * levels + k))
-            for i, k in part
-        ]).to(device)
+        noise = torch.stack(
+            [
+                torch.randn(x0.shape[1:], generator=sample_generator(seed + 7919, i * levels + k))
+                for i, k in part
+            ]
+        ).to(device)
         sigma = torch.stack([grid[k] for _, k in part])
         with autocast_context(device, precision):
             losses = flow_matching_loss(model_fn, x0, context, noise=noise, sigma=sigma, reduction="none")
@@ -343,8 +359,13 @@ def evaluation_loss(
     return total / len(jobs)
 
 
-def _micro_batch_loss(model_fn: ModelFn, dataset: LatentDataset, config: FinetuneConfig,
-                      positions: list[int], device: torch.device) -> Tensor:
+def _micro_batch_loss(
+    model_fn: ModelFn,
+    dataset: LatentDataset,
+    config: FinetuneConfig,
+    positions: list[int],
+    device: torch.device,
+) -> Tensor:
     """Sum of the per-sample losses of ``positions`` (each with its own seeded noise and σ)."""
     n = len(dataset)
     indices = [sample_index(config.seed, g, n) for g in positions]
@@ -376,8 +397,14 @@ def _broadcast_parameters(params: list[nn.Parameter]) -> None:
         dist.broadcast(param.data, src=0)
 
 
-def _save(run: RunFolder, step: int, trainable: Trainable, optimizer: torch.optim.Optimizer,
-          losses: list[float], ctx: DistributedContext | None) -> None:
+def _save(
+    run: RunFolder,
+    step: int,
+    trainable: Trainable,
+    optimizer: torch.optim.Optimizer,
+    losses: list[float],
+    ctx: DistributedContext | None,
+) -> None:
     if ctx is None or ctx.is_main:
         tensors = {name: p.detach() for name, p in trainable.parameters.items()}
         run.save_checkpoint(step, tensors, {"adamw": optimizer.state_dict()}, {"losses": losses})
@@ -397,4 +424,3 @@ def _restore(saved: Any, trainable: Trainable, optimizer: torch.optim.Optimizer)
         for name, param in trainable.parameters.items():
             param.copy_(saved.tensors[name].to(param.device, param.dtype))
     optimizer.load_state_dict(saved.optimizer_state["adamw"])
-

@@ -64,7 +64,9 @@ def _lora_hook(module: nn.Linear, inputs: tuple, output: Tensor) -> Tensor:
 
 
 def attach_lora(
-    model: nn.Module, rank: int, alpha: float | None = None,
+    model: nn.Module,
+    rank: int,
+    alpha: float | None = None,
     select: Callable[[str, nn.Linear], bool] | None = None,
 ) -> list[str]:
     """Give every selected ``nn.Linear`` of ``model`` a LoRA adapter; returns their module names.
@@ -132,7 +134,10 @@ def merge_lora(model: nn.Module) -> None:
 
 
 def comfy_lora_state_dict(
-    model: nn.Module, *, rename: Callable[[str], str] | None = None, dtype: torch.dtype = torch.float32,
+    model: nn.Module,
+    *,
+    rename: Callable[[str], str] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Tensor]:
     """The adapters as a ComfyUI LoRA state dict (``LoraLoaderModelOnly`` format).
 

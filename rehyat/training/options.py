@@ -72,6 +72,13 @@ class DistillOptions:
             None: 1 when there are ≥ 2 prompts, else 0 (evaluation then differs by seed only).
         checkpoint_every: write a checkpoint every N steps (and always at the end and on cancel).
         keep_checkpoints: checkpoints kept in the run folder.
+        query_chunk_fraction: 1 = every block trains on all its queries. Below 1 (causal only) each
+            block's step uses a random subset — ⌈fraction × eligible⌉ of the query chunks that have a
+            linear part (the others give φ no gradient) — drawn from ``(seed, step, block)``, so the same
+            on every rank and after a resume. It is a stochastic estimate of the full step's gradient
+            (noisier; expect to need more steps) that saves the student's compute and the graph of the
+            skipped chunks' queries and softmax windows (φk still runs on every key before the last
+            selected chunk).
     """
 
     iterations: int = 1000
@@ -86,6 +93,7 @@ class DistillOptions:
     holdout_prompts: int | None = None
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    query_chunk_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         require_int("iterations", self.iterations, low=1)
@@ -102,6 +110,7 @@ class DistillOptions:
             require_int("holdout_prompts", self.holdout_prompts, low=0)
         require_int("checkpoint_every", self.checkpoint_every, low=1)
         require_int("keep_checkpoints", self.keep_checkpoints, low=1)
+        require_real("query_chunk_fraction", self.query_chunk_fraction, low=1e-6, high=1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-serialisable)."""

@@ -25,7 +25,7 @@ def flow_sigmas(steps: int, shift: float) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def trajectory_noise(seeds: Sequence[int], shape: Sequence[int]) -> list[torch.Generator]:
+def trajectory_noise(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per trajectory, seeded with its seed."""
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 

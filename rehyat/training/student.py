@@ -8,6 +8,7 @@ gradients; under data parallelism a block's gradients are averaged over ranks be
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..hybrid import HybridAttention, ReHyAtRun
+from ..ops import RecurrentState, chunk_layout, rehyat_attention
 from .capture import CapturedAttention
 from .distributed import DistributedContext, all_reduce_mean_
 
@@ -110,11 +112,64 @@ class BlockStudent:
         """The student's output ``ŷ`` ``(B, H, N, d)`` for the teacher's ``q, k, v``."""
         return self.hybrid(captured.q, captured.k, captured.v, ReHyAtRun(grid=captured.grid))
 
-    def train_step(self, captured: CapturedAttention) -> float:
-        """One AdamW step on this capture; returns the loss (averaged over ranks)."""
+    def predict_chunks(self, captured: CapturedAttention, chunks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """``(ŷ, y)`` of the query chunks ``chunks`` only, ``(B, H, n_selected, d)`` each (causal blocks).
+
+        Each chunk runs ReHyAt's recurrent step from an exact state built from the teacher's keys: S, z
+        over the frames before its softmax window (through φk, so φk gets its gradient) and the
+        overlap frames — the same numbers as those rows of :meth:`predict`, without the other
+        chunks' queries, softmax windows and graphs.
+        """
+        cfg = self.hybrid.config
+        if not cfg.causal:
+            raise ValueError(
+                "a subset of query chunks needs a causal block (query_chunk_fraction = 1 otherwise)"
+            )
+        q, k, v, p = captured.q, captured.k, captured.v, captured.grid.tokens_per_frame
+        layout = chunk_layout(captured.grid.frames, cfg.chunk_frames, cfg.overlap_frames)
+        maps = self.hybrid.feature_maps
+        outputs, targets = [], []
+        for index in sorted(chunks):
+            chunk = layout[index]
+            start, first, end = chunk.window_start * p, chunk.frame_start * p, chunk.frame_end * p
+            empty = RecurrentState.empty(k)  # S, z of width 0: nothing left the softmax window yet
+            kv, k_sum = empty.kv, empty.k_sum
+            if start:
+                features = maps.phi_k(k[:, :, :start])  # (B, H, n, d') fp32
+                kv = features.transpose(-1, -2) @ v[:, :, :start].to(features.dtype)  # (B, H, d', d)
+                k_sum = features.sum(2)  # (B, H, d')
+            state = RecurrentState(
+                kv=kv,
+                k_sum=k_sum,
+                k_overlap=k[:, :, start:first],
+                v_overlap=v[:, :, start:first],
+                frames_seen=chunk.frame_start,
+            )
+            outputs.append(
+                rehyat_attention(
+                    q[:, :, first:end],
+                    k[:, :, first:end],
+                    v[:, :, first:end],
+                    phi_q=maps.phi_q,
+                    phi_k=maps.phi_k,
+                    tokens_per_frame=p,
+                    chunk_frames=cfg.chunk_frames,
+                    overlap_frames=cfg.overlap_frames,
+                    initial_state=state,
+                )
+            )
+            targets.append(captured.y[:, :, first:end])
+        return torch.cat(outputs, dim=2), torch.cat(targets, dim=2)
+
+    def train_step(self, captured: CapturedAttention, chunks: Sequence[int] | None = None) -> float:
+        """One AdamW step on this capture (all queries, or only ``chunks``); returns the loss (rank mean)."""
         with torch.enable_grad():
             self.optimizer.zero_grad(set_to_none=False)
-            loss = distillation_loss(captured.y, self.predict(captured), self.loss_kind)
+            if chunks is None:
+                loss = distillation_loss(captured.y, self.predict(captured), self.loss_kind)
+            else:
+                y_hat, y = self.predict_chunks(captured, chunks)
+                loss = distillation_loss(y, y_hat, self.loss_kind)
             loss.backward()
         value = loss.detach().reshape(1).to(torch.float32)
         grads = [p.grad for p in self.parameters]

@@ -60,7 +60,11 @@ def is_lora_target(name: str, module: nn.Linear) -> bool:
 
 
 def select_trainable(
-    model: nn.Module, kind: TrainableSet, *, lora_rank: int = 16, lora_alpha: float | None = None,
+    model: nn.Module,
+    kind: TrainableSet,
+    *,
+    lora_rank: int = 16,
+    lora_alpha: float | None = None,
 ) -> Trainable:
     """Freeze ``model`` except the chosen set (attaching LoRA adapters for "lora") and return it.
 

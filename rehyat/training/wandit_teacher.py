@@ -86,7 +86,7 @@ class WanDiTTeacher:
     def sample(self, trajectories: Sequence[Trajectory], capture: WanDiTCapture) -> Tensor:
         """Sample ``trajectories`` together; captured steps run with ``capture.active``. Returns x0."""
         s = self.sampling
-        generators = trajectory_noise([t.seed for t in trajectories], self.latent_shape)
+        generators = trajectory_noise([t.seed for t in trajectories])
         probe = torch.empty((), device=self.device, dtype=torch.float32)
         x = draw(generators, self.latent_shape, probe)  # (B, C, T, H, W) fp32, σ = 1
         context = self._context(trajectories)

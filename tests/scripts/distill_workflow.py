@@ -44,6 +44,7 @@ DISTILL_WIDGETS = {  # tiny and fast on CPU; the paper's settings are the node's
     "phi_feature_dim": 32,
     "run_name": "rehyat_test_distill",
     "checkpoint_every": 2,
+    "query_chunk_fraction": 1.0,
 }
 
 

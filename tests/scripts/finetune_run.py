@@ -51,8 +51,15 @@ def main() -> int:
             ctx.barrier()
             run = RunFolder(args.run_root, args.run_name, {"test": config.identity()}, create=False)
         delay = (lambda: time.sleep(args.step_delay) or False) if args.step_delay else None
-        result = finetune(model, model_fn(model), LatentDataset.open(args.dataset), config, run=run, ctx=ctx,
-                          should_stop=delay)
+        result = finetune(
+            model,
+            model_fn(model),
+            LatentDataset.open(args.dataset),
+            config,
+            run=run,
+            ctx=ctx,
+            should_stop=delay,
+        )
         if ctx.is_main:
             save_file(trained_tensors(result), args.out)
     finally:
