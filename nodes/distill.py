@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 from comfy_api.latest import io
@@ -12,27 +11,27 @@ from ..rehyat.config import PLACEMENTS, ConversionConfig, FeatureMapConfig, Hybr
 from ..rehyat.integrations.comfyui_capture import ComfyWanTeacher
 from ..rehyat.training.distill import DistillCancelled, Distiller, run_distillation, run_identity
 from ..rehyat.training.options import DistillOptions, TeacherSampling
-from ..rehyat.training.plots import loss_curve_image
 from ..rehyat.training.report import format_report
 from ..rehyat.training.runs import RunFolder, tensors_digest, validate_run_name
 from ..rehyat.weights import load_phi_weights
 from .patch import PHI_TYPE, model_fingerprint
-
-RUNS_FOLDER = "rehyat_runs"
-"""Run folders live in ``<ComfyUI output>/rehyat_runs/<run_name>/`` (not under models/, so their
-checkpoints never appear in φ-file lists)."""
+from .training_common import (
+    autograd_enabled,
+    checkpoint_every_input,
+    interrupted,
+    loss_curve_output,
+    loss_curve_tensor,
+    progress_callback,
+    run_name_input,
+    runs_root,
+    seed_input,
+    should_stop,
+)
 
 _SAMPLING = TeacherSampling()
 _OPTIONS = DistillOptions()
 _ATTENTION = HybridAttentionConfig()
 _PHI = FeatureMapConfig()
-
-
-def runs_root() -> str:
-    """``<ComfyUI output directory>/rehyat_runs``."""
-    import folder_paths
-
-    return os.path.join(folder_paths.get_output_directory(), RUNS_FOLDER)
 
 
 class ReHyAtDistill(io.ComfyNode):
@@ -152,14 +151,7 @@ class ReHyAtDistill(io.ComfyNode):
                     max=1000,
                     tooltip="train on every k-th denoising step (1 = all steps)",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    control_after_generate=False,
-                    tooltip="training trajectory k uses noise seed seed+k",
-                ),
+                seed_input("training trajectory k uses noise seed seed+k"),
                 io.Int.Input(
                     "iterations",
                     default=_OPTIONS.iterations,
@@ -230,18 +222,14 @@ class ReHyAtDistill(io.ComfyNode):
                     step=2,
                     tooltip="φ output width per head (multiple of the degree, 2)",
                 ),
-                io.String.Input(
-                    "run_name",
-                    default="wan_phi_distill",
-                    tooltip="run folder output/rehyat_runs/<run_name>: same name resumes; a run "
+                run_name_input(
+                    "wan_phi_distill",
+                    "run folder output/rehyat_runs/<run_name>: same name resumes; a run "
                     "made for another model or settings is refused",
                 ),
-                io.Int.Input(
-                    "checkpoint_every",
-                    default=_OPTIONS.checkpoint_every,
-                    min=1,
-                    max=1_000_000,
-                    tooltip="write a checkpoint every N steps (also at the end and on Cancel)",
+                checkpoint_every_input(
+                    _OPTIONS.checkpoint_every,
+                    "write a checkpoint every N steps (also at the end and on Cancel)",
                 ),
                 io.Float.Input(
                     "query_chunk_fraction",
@@ -255,7 +243,7 @@ class ReHyAtDistill(io.ComfyNode):
             ],
             outputs=[
                 PHI_TYPE.Output(display_name="phi", tooltip="the distilled φ (connect to Patch / Save φ)"),
-                io.Image.Output(display_name="loss_curve", tooltip="loss per step"),
+                loss_curve_output("loss per step"),
                 io.String.Output(display_name="report", tooltip="held-out errors before/after, per block"),
             ],
         )
@@ -294,7 +282,6 @@ class ReHyAtDistill(io.ComfyNode):
     ) -> io.NodeOutput:
         """Run (or resume) the distillation; see the node description."""
         import comfy.model_management
-        import comfy.utils
 
         validate_run_name(run_name)
         conditionings, negative_cond = _conditionings(clip, prompts, negative_prompt, positive, negative)
@@ -336,25 +323,25 @@ class ReHyAtDistill(io.ComfyNode):
             },
             fingerprint=model_fingerprint(model),
         )
-        pbar = comfy.utils.ProgressBar(iterations)
-        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; φ need autograd
+        progress = progress_callback(iterations)
+        with autograd_enabled():  # φ need autograd
             distiller = Distiller(
                 teacher,
                 conversion,
                 options,
                 len(conditionings),
                 device=comfy.model_management.get_torch_device(),
-                on_step=lambda step, total_steps, loss: pbar.update_absolute(step, total_steps),
-                should_stop=comfy.model_management.processing_interrupted,
+                on_step=progress,
+                should_stop=should_stop,
             )
             identity = run_identity(distiller)
             distiller.run = RunFolder(runs_root(), run_name, identity, keep_last=options.keep_checkpoints)
             try:
                 result = run_distillation(distiller, phi_path=distiller.run.path / "phi.safetensors")
             except DistillCancelled:
-                raise comfy.model_management.InterruptProcessingException() from None
+                raise interrupted() from None
         phi = load_phi_weights(result.phi_path)
-        image = torch.from_numpy(loss_curve_image(result.curves, ylabel="loss")).float().div(255.0)[None]
+        image = loss_curve_tensor(result.curves, ylabel="loss")
         text = (
             format_report(result.report)
             + f"\nrun folder: {distiller.run.path}\n\n"

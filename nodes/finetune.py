@@ -28,15 +28,25 @@ from ..rehyat.training.export import base_state_dict
 from ..rehyat.training.finetune import FinetuneConfig, evaluation_loss, finetune, select_for_config
 from ..rehyat.training.flow_matching import DEFAULT_TRAIN_SHIFT, FlowMatchingConfig
 from ..rehyat.training.lora import comfy_lora_state_dict, detach_lora
-from ..rehyat.training.plots import loss_curve_image
 from ..rehyat.training.runs import RunFolder, validate_run_name
 from ..rehyat.training.trainable import TRAINABLE_SETS
 from ..rehyat.weights import fingerprint_module, save_phi_weights
 from ..rehyat.weights.atomic import atomic_save_file
 from .dataset import dataset_path
-from .distill import runs_root
 from .folders import register_rehyat_folder
 from .patch import model_fingerprint
+from .training_common import (
+    autograd_enabled,
+    checkpoint_every_input,
+    interrupted,
+    loss_curve_output,
+    loss_curve_tensor,
+    progress_callback,
+    run_name_input,
+    runs_root,
+    seed_input,
+    should_stop,
+)
 
 _DEFAULTS = FinetuneConfig()
 OUTPUTS = ("lora", "full")
@@ -74,10 +84,9 @@ class ReHyAtFinetune(io.ComfyNode):
                     default="my_dataset",
                     tooltip="dataset folder under models/rehyat_datasets (ReHyAt Make Dataset)",
                 ),
-                io.String.Input(
-                    "run_name",
-                    default="wan_rehyat_finetune",
-                    tooltip="run folder output/rehyat_runs/<run_name>: the same name resumes; a run made "
+                run_name_input(
+                    "wan_rehyat_finetune",
+                    "run folder output/rehyat_runs/<run_name>: the same name resumes; a run made "
                     "for another model, dataset or settings is refused",
                 ),
                 io.Combo.Input(
@@ -150,25 +159,15 @@ class ReHyAtFinetune(io.ComfyNode):
                     default=True,
                     tooltip="recompute blocks in the backward pass: far less memory, ~30% slower",
                 ),
-                io.Int.Input(
-                    "checkpoint_every",
-                    default=_DEFAULTS.checkpoint_every,
-                    min=1,
-                    max=1_000_000,
-                    tooltip="write a resumable checkpoint every N steps (also at the end and on Cancel)",
+                checkpoint_every_input(
+                    _DEFAULTS.checkpoint_every,
+                    "write a resumable checkpoint every N steps (also at the end and on Cancel)",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    control_after_generate=False,
-                    tooltip="seed of the data order, noise levels, noise and LoRA initialisation",
-                ),
+                seed_input("seed of the data order, noise levels, noise and LoRA initialisation"),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="the fine-tuned model (patched clone)"),
-                io.Image.Output(display_name="loss_curve", tooltip="training loss per step"),
+                loss_curve_output("training loss per step"),
                 io.String.Output(
                     display_name="report", tooltip="files written, loss before/after on fixed noise, settings"
                 ),
@@ -197,7 +196,6 @@ class ReHyAtFinetune(io.ComfyNode):
         """Train (or resume), write the files, return the fine-tuned clone; see the node description."""
         import comfy.model_management
         import comfy.sd
-        import comfy.utils
         import folder_paths
 
         validate_run_name(run_name)
@@ -226,7 +224,7 @@ class ReHyAtFinetune(io.ComfyNode):
             flow=FlowMatchingConfig(shift=shift),
         )
         dataset = LatentDataset.open(dataset_path(dataset_name))
-        pbar = comfy.utils.ProgressBar(steps)
+        progress = progress_callback(steps)
         base_fingerprint = model_fingerprint(model)  # here: it reads inference tensors as they are
         identity = {
             "model": dataclasses.asdict(comfy_base_info(model)),
@@ -235,7 +233,7 @@ class ReHyAtFinetune(io.ComfyNode):
             "dataset": dataset.identity(),
             "finetune": config.identity(),
         }
-        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; training needs autograd
+        with autograd_enabled():
             hybrid = {i: copy.deepcopy(m) for i, m in patch.hybrid.items()}  # the input's φ stay untouched
             work = patch_comfy_wan(_without_rehyat(model), patch.config, hybrid)
             comfy.model_management.load_models_gpu([work], force_full_load=True)
@@ -263,11 +261,11 @@ class ReHyAtFinetune(io.ComfyNode):
                     config,
                     run=run,
                     trainable=trained,
-                    progress=lambda step, total, loss: pbar.update_absolute(step, total),
-                    should_stop=comfy.model_management.processing_interrupted,
+                    progress=progress,
+                    should_stop=should_stop,
                 )
                 if result.cancelled:
-                    raise comfy.model_management.InterruptProcessingException()
+                    raise interrupted()
                 after = evaluation_loss(model_fn, dataset, flow=config.flow, device=device)
                 info = {
                     "stage": "finetune",
@@ -315,9 +313,7 @@ class ReHyAtFinetune(io.ComfyNode):
                 out_model = work.clone()
                 updated = {f"diffusion_model.{n}": ("set", (full_sd[n],)) for n in originals}
                 out_model.add_patches(updated, 1.0)
-        image = (
-            torch.from_numpy(loss_curve_image({"flow-matching loss": result.losses})).float().div(255.0)[None]
-        )
+        image = loss_curve_tensor({"flow-matching loss": result.losses})
         report = {
             "loss_fixed_noise_before": round(before, 5),
             "loss_fixed_noise_after": round(after, 5),

@@ -17,9 +17,10 @@ from ..rehyat.integrations.comfyui_wan import (
     FORWARD_MODES,
     build_hybrid_modules,
     comfy_base_info,
+    comfy_fingerprint,
     patch_comfy_wan,
 )
-from ..rehyat.weights import PhiWeights, apply_phi_tensors, check_compatible, fingerprint_module
+from ..rehyat.weights import PhiWeights, apply_phi_tensors, check_compatible
 from .folders import phi_file_choices, phi_file_path
 
 LOG = logging.getLogger("ReHyAt")
@@ -51,16 +52,9 @@ class PatchRequest:
 
 
 def model_fingerprint(model: Any) -> list[float]:
-    """Fingerprint of the **base** self-attention weights of a ComfyUI ``ModelPatcher``'s Wan model.
-
-    Weights currently patched in place (LoRA while the model is loaded) are read from the patcher's
-    backup, so a LoRA-patched model fingerprints as its checkpoint, loaded or not; fp8_scaled
-    weights are multiplied by their ``scale_weight`` (see :mod:`rehyat.weights.fingerprint`).
-    """
-    wan = model.get_model_object("diffusion_model")
-    originals = {key: entry.weight for key, entry in getattr(model, "backup", {}).items()}
-    return fingerprint_module(model.model, "wan", prefix="diffusion_model.", num_layers=len(wan.blocks),
-                              originals=originals)
+    """Fingerprint of the **base** self-attention weights of a ComfyUI ``ModelPatcher``'s Wan model
+    (see :func:`rehyat.integrations.comfyui_wan.comfy_fingerprint`)."""
+    return comfy_fingerprint(model)
 
 
 def patch_model(model: Any, phi: PhiWeights | None, request: PatchRequest, *,

@@ -7,6 +7,7 @@ how the current forward is laid out (frame grid) and whether it runs in parallel
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -106,3 +107,33 @@ class HybridAttention(nn.Module):
             overlap_frames=cfg.overlap_frames, scratch=run.scratch,
         )
         return out
+
+
+def check_hybrid_modules(
+    hybrid: Mapping[int, HybridAttention],
+    blocks: Sequence[int],
+    attention: HybridAttentionConfig,
+    layout: tuple[int, int] | None = None,
+) -> None:
+    """Refuse φ modules that do not fit a conversion: raise ValueError saying what differs.
+
+    Args:
+        hybrid: block index → its :class:`HybridAttention`.
+        blocks: the block indices the conversion converts (ascending).
+        attention: the conversion's attention config; every module must have been built with it.
+        layout: ``(num_heads, head_dim)`` of the model's attention, checked when given.
+    """
+    if sorted(hybrid) != list(blocks):
+        raise ValueError(f"φ modules cover blocks {sorted(hybrid)} but the config converts {list(blocks)}")
+    for index, module in hybrid.items():
+        if module.config != attention or module.block_index != index:
+            raise ValueError(
+                f"φ module of block {index} was built for {module.config} (block {module.block_index}) "
+                f"but the conversion uses {attention}"
+            )
+        maps = module.feature_maps.phi_q
+        if layout is not None and (maps.num_heads, maps.head_dim) != layout:
+            raise ValueError(
+                f"φ of block {index} has {maps.num_heads} heads × {maps.head_dim} but the model has "
+                f"{layout[0]} × {layout[1]}"
+            )

@@ -43,7 +43,7 @@ def test_append_load_batch_and_manifest(tmp_path) -> None:
 def test_mismatched_and_bad_samples_are_refused(tmp_path) -> None:
     data = LatentDataset(tmp_path / "d", model=MODEL)
     data.append(torch.randn(4, 2, 3, 3), torch.ones(2, 8), {"source": "video"})
-    with pytest.raises(ValueError, match=r"latent shape \[4, 3, 3, 3\].*differs from the dataset's \[4, 2, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"latent shape \[4, 3, 3, 3\].*differs from the dataset's"):
         data.append(torch.randn(4, 3, 3, 3), torch.ones(2, 8), {})
     with pytest.raises(ValueError, match="context width 9 differs"):
         data.append(torch.randn(4, 2, 3, 3), torch.ones(2, 9), {})

@@ -3,7 +3,6 @@ kill -9 then resume equals an uninterrupted run, prompts through a tiny real umT
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import pytest
 import safetensors.torch
 import torch
 from comfy_support import tiny_wan_state_dict
+from distill_support import tiny_sentencepiece_model
 
 from rehyat.conditioning_io import save_conditioning
 
@@ -159,27 +159,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(files, tmp_path):
 
 def test_prompts_through_a_tiny_real_umt5_encoder(files, tmp_path):
     transformers = pytest.importorskip("transformers")
-    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("sentencepiece")
     encoder_dir = tmp_path / "umt5"
     encoder_dir.mkdir()
-    corpus = [
-        "a red fox jumps over the lazy dog",
-        "a cat walks on the beach at sunset",
-        "waves crash on rocks",
-        "the city at night with neon lights",
-    ] * 20
-    model_bytes = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=model_bytes,
-        vocab_size=40,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-    )
-    (encoder_dir / "spiece.model").write_bytes(model_bytes.getvalue())
+    (encoder_dir / "spiece.model").write_bytes(tiny_sentencepiece_model())
     transformers.T5Tokenizer(
         vocab_file=str(encoder_dir / "spiece.model"), extra_ids=0, legacy=False
     ).save_pretrained(encoder_dir)
@@ -275,7 +258,7 @@ def _refuse_other_settings(files, tmp_path, capsys):
     assert "conversion.attention.chunk_frames" in err
 
 
-def test_collectives_under_torchrun_average_gather_and_broadcast():
+def test_collectives_under_torchrun_average_gather_and_broadcast(tmp_path):
     script = ROOT / "tests" / "scripts" / "distill_collectives.py"
     process = subprocess.run(
         [
@@ -289,6 +272,7 @@ def test_collectives_under_torchrun_average_gather_and_broadcast():
             "--master_port",
             str(29950 + os.getpid() % 40),
             str(script),
+            str(tmp_path),
         ],
         cwd=ROOT,
         env=environment(),
@@ -297,10 +281,8 @@ def test_collectives_under_torchrun_average_gather_and_broadcast():
         timeout=180,
     )
     assert process.returncode == 0, process.stdout + process.stderr
-    ranks = sorted(
-        (json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")),
-        key=lambda r: r["rank"],
-    )
+    ranks = sorted((json.loads(path.read_text()) for path in tmp_path.glob("rank*.json")),
+                   key=lambda r: r["rank"])
     assert [r["rank"] for r in ranks] == [0, 1]
     for r in ranks:
         assert r["world"] == 2 and r["backend"] == "gloo"

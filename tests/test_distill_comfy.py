@@ -10,14 +10,16 @@ them. The test therefore builds a real ``comfy.sd.CLIP`` from ComfyUI's own Wan 
 from __future__ import annotations
 
 import importlib
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 from comfy_support import comfy_or_skip, load_tiny_wan_comfy, requires_comfyui, tiny_wan_state_dict
+from distill_support import tiny_sentencepiece_model
 from nodes_support import pack_module, run_node
+from thread_support import one_thread
 
+__all__ = ["one_thread"]
 pytestmark = requires_comfyui
 WIDGETS = dict(
     prompts="",
@@ -45,14 +47,6 @@ WIDGETS = dict(
     checkpoint_every=100,
     query_chunk_fraction=1.0,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +185,7 @@ def test_node_refuses_a_run_folder_made_for_other_settings(model, output_dir):
 
 def tiny_wan_clip():
     """A real ``comfy.sd.CLIP`` built from ComfyUI's Wan umT5 classes with a tiny config (see module doc)."""
-    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("sentencepiece")
     sd1_clip = importlib.import_module("comfy.sd1_clip")
     t5 = importlib.import_module("comfy.text_encoders.t5")
     wan_te = importlib.import_module("comfy.text_encoders.wan")
@@ -232,27 +226,10 @@ def tiny_wan_clip():
                 device=device, dtype=dtype, model_options=model_options, name="umt5xxl", clip_model=TinyUMT5
             )
 
-    corpus = [
-        "a red fox jumps over the lazy dog",
-        "a cat walks on the beach at sunset",
-        "waves crash on rocks",
-        "the city at night with neon lights",
-    ] * 20
-    model_bytes = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=model_bytes,
-        vocab_size=40,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-    )
     torch.manual_seed(0)
     clip = comfy_sd.CLIP(
         base.ClipTarget(wan_te.WanT5Tokenizer, TinyWanTE),
-        tokenizer_data={"spiece_model": model_bytes.getvalue()},
+        tokenizer_data={"spiece_model": tiny_sentencepiece_model()},
     )
     with torch.no_grad():
         for param in clip.cond_stage_model.parameters():  # ComfyUI leaves T5 weights uninitialised

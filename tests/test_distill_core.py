@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from comfy_support import tiny_wan_state_dict
+from thread_support import one_thread
 
 from rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
 from rehyat.hybrid import FrameGrid, HybridAttention, ReHyAtRun
@@ -40,20 +41,12 @@ from rehyat.training.trajectories import TrajectoryPlan
 from rehyat.training.wandit_teacher import WanDiTTeacher
 from rehyat.weights import load_phi_weights
 
+__all__ = ["one_thread"]
 SMALL_PHI = FeatureMapConfig(hidden_dim=32, feature_dim=32)
 CONVERSION = ConversionConfig(
     attention=HybridAttentionConfig(chunk_frames=2, overlap_frames=1, feature_map=SMALL_PHI)
 )
 LATENT = (16, 6, 8, 8)  # (C, T, H, W): 6 latent frames of 4×4 tokens
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster (and reproducibly) on one thread of the shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from finetune_support import CONVERSION, model_fn, synthetic_dataset, tiny_dit
+from thread_support import one_thread
 
 from rehyat.models.wan_rehyat import converted_blocks
 from rehyat.training.finetune import (
@@ -23,14 +24,7 @@ from rehyat.training.lora import attach_lora, comfy_lora_state_dict, detach_lora
 from rehyat.training.runs import RunFolder
 from rehyat.training.trainable import phi_parameter_names, select_trainable
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and the CI machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+__all__ = ["one_thread"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 from comfy_support import tiny_wan_state_dict
 from finetune_support import CONVERSION
 from safetensors.torch import load_file, save_file
+from thread_support import one_thread
 
 from rehyat.cli import build_parser, main
 from rehyat.conditioning_io import save_conditioning
@@ -18,13 +19,7 @@ from rehyat.models.wan_rehyat import convert, save_phi
 from rehyat.training.dataset import LatentDataset
 from rehyat.weights import load_phi_weights
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+__all__ = ["one_thread"]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +140,11 @@ def test_make_dataset_then_finetune_and_resume(files, capsys) -> None:
     assert main([*args, "--steps", "3"]) == 0  # same run name: continues from step 2
     report = json.loads(capsys.readouterr().out)
     assert report["resumed_from"] == 2 and report["steps"] == 3
+    assert main([*args, "--steps", "3"]) == 0  # finished run again: new file names, nothing overwritten
+    again = json.loads(capsys.readouterr().out)
+    assert again["files"]["lora"].endswith("cats_s3_01_lora.safetensors")
+    assert torch.equal(load_file(again["files"]["lora"])["diffusion_model.blocks.1.ffn.2.lora_up.weight"],
+                       load_file(report["files"]["lora"])["diffusion_model.blocks.1.ffn.2.lora_up.weight"])
     with pytest.raises(SystemExit):  # same run name, other settings: refused
         main([*args, "--steps", "4", "--trainable", "everything"])
     assert "another model or config" in capsys.readouterr().err

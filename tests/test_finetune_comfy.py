@@ -8,6 +8,7 @@ import torch
 from comfy_support import comfy_or_skip, requires_comfyui, tiny_wan_state_dict
 from finetune_support import CONVERSION, comfy_stock_nodes, model_fn, synthetic_dataset
 from safetensors.torch import load_file, save_file
+from thread_support import one_thread
 
 from rehyat.integrations.comfyui_wan import load_phi_for_comfy, patch_comfy_wan
 from rehyat.models.wan import WanDiT
@@ -16,16 +17,9 @@ from rehyat.training.export import save_comfy_lora, save_full_checkpoint
 from rehyat.training.finetune import FinetuneConfig, finetune
 from rehyat.training.lora import merge_lora
 
+__all__ = ["one_thread"]
 pytestmark = requires_comfyui
 BASE = "rehyat_ft_base.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

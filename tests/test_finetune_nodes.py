@@ -10,18 +10,11 @@ from comfy_support import load_tiny_wan_comfy, tiny_wan_state_dict
 from finetune_support import comfy_stock_nodes
 from nodes_support import import_pack, pack_folders_fixture, pack_module, randomize_phi, run_node, seeded
 from safetensors.torch import load_file, save_file
+from thread_support import one_thread
 from vae_support import load_tiny_wan_vae
 
-__all__ = ["pack_folders_fixture"]
+__all__ = ["one_thread", "pack_folders_fixture"]
 BASE = "rehyat_ft_node_base.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -137,9 +130,7 @@ def test_finetune_node_outputs_load_in_stock_comfyui(comfy_dirs, output) -> None
         x, sigma, context = seeded((1, 16, 3, 4, 4), 7), torch.tensor([0.6]), seeded((1, 6, 4096), 8)
         reference = denoised(model, x, sigma, context)
         trainable = "lora" if output == "lora" else "phi+self_attn"
-        out_model, image, text = run_node(
-            "ReHyAtFinetune",
-            model=model,
+        widgets = dict(
             dataset_name="ds",
             run_name=f"run_{output}",
             trainable=trainable,
@@ -155,6 +146,7 @@ def test_finetune_node_outputs_load_in_stock_comfyui(comfy_dirs, output) -> None
             checkpoint_every=1,
             seed=0,
         )
+        out_model, image, text = run_node("ReHyAtFinetune", model=model, **widgets)
         report = json.loads(text)
         assert image.shape[0] == 1 and image.shape[-1] == 3
         assert report["steps"] == 2 and report["loss_fixed_noise_after"] != report["loss_fixed_noise_before"]
@@ -179,26 +171,7 @@ def test_finetune_node_outputs_load_in_stock_comfyui(comfy_dirs, output) -> None
         torch.testing.assert_close(denoised(rebuilt, x, sigma, context), tuned, atol=2e-4, rtol=1e-4)
         first = {k: load_file(v) for k, v in report["files"].items()}
         # the same run again resumes at its end (no training) and writes new files next to the old ones
-        again = json.loads(
-            run_node(
-                "ReHyAtFinetune",
-                model=model,
-                dataset_name="ds",
-                run_name=f"run_{output}",
-                trainable=trainable,
-                output=output,
-                output_name=f"ft_{output}",
-                steps=2,
-                batch_size=2,
-                micro_batch=1,
-                learning_rate=2e-2,
-                lora_rank=4,
-                shift=5.0,
-                gradient_checkpointing=True,
-                checkpoint_every=1,
-                seed=0,
-            )[2]
-        )
+        again = json.loads(run_node("ReHyAtFinetune", model=model, **widgets)[2])
         assert again["resumed_from"] == 2 and again["files"]["phi"].endswith(
             f"ft_{output}_s2_01_phi.safetensors"
         )

@@ -621,3 +621,12 @@ def test_fingerprint_module_reads_unpatched_originals():
 
 def seeded_tensor(shape, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_tensor_statistics_reads_weights_made_under_inference_mode():
+    from rehyat.weights.fingerprint import tensor_statistics
+
+    with torch.inference_mode():
+        weight = torch.randn(48, 32).t()  # a view: viewing it again outside inference mode used to fail
+    plain = weight.clone()
+    assert tensor_statistics(weight) == tensor_statistics(plain)

@@ -8,8 +8,9 @@ Outputs are always NEW files (the input checkpoint is never touched), by default
   <run>/<run-name>_s<step>_phi.safetensors   φ (load with ReHyAtLoadPhi next to the base model)
   <run>/<run-name>_s<step>_lora.safetensors  LoRA in ComfyUI's format (LoraLoaderModelOnly), --output lora
   <run>/<run-name>_s<step>.safetensors       the whole fine-tuned transformer (UNETLoader), --output full
-plus loss.png and report.json. The run folder keeps resumable checkpoints: run the same command
-again (same --run-name) after an interruption and training continues where it stopped.
+(_01, _02 … appended when a name is taken), plus loss.png and report.json. The run folder keeps
+resumable checkpoints: run the same command again (same --run-name) after an interruption and
+training continues where it stopped.
 
 Several GPUs / processes: torchrun --nproc_per_node=N -m rehyat finetune ...  (nccl on CUDA,
 gloo on CPU); --batch-size is the global batch.
@@ -220,7 +221,10 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
         if not ctx.is_main:
             return None
         out_dir = Path(args.output_dir) if args.output_dir else run_folder.path
-        stem = f"{args.run_name}_s{result.step}"
+        base = stem = f"{args.run_name}_s{result.step}"
+        suffixes = ("_lora.safetensors", ".safetensors", "_phi.safetensors")
+        while any((out_dir / f"{stem}{suffix}").exists() for suffix in suffixes):  # never overwrite
+            stem = f"{base}_{int(stem[len(base) + 1:] or 0) + 1:02d}"
         info = {
             "stage": "finetune",
             "steps": result.step,

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConversionConfig
-from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun, check_hybrid_modules
 from ..ops import RecurrentState
 from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
 from ..streaming.driver import CONTEXT_KEY, StreamContext
@@ -148,14 +148,7 @@ def patch_comfy_wan(
     if forward_mode == "recurrent":
         check_recurrent_capable(blocks, len(wan.blocks), config.attention.causal)
     hybrid = dict(hybrid) if hybrid is not None else build_hybrid_modules(wan, config, blocks)
-    if sorted(hybrid) != list(blocks):
-        raise ValueError(f"φ modules cover blocks {sorted(hybrid)} but the config converts {list(blocks)}")
-    for index, module in hybrid.items():
-        if module.config != config.attention or module.block_index != index:
-            raise ValueError(
-                f"φ module of block {index} was built for {module.config} (block {module.block_index}) "
-                f"but the conversion uses {config.attention}"
-            )
+    check_hybrid_modules(hybrid, blocks, config.attention)
 
     clone = model_patcher.clone()
     # φ joins the model's module tree through the object patches; count it in the size ComfyUI's
@@ -196,9 +189,16 @@ def comfy_base_info(model_patcher: Any) -> BaseModelInfo:
 
 
 def comfy_fingerprint(model_patcher: Any) -> list[float]:
-    """Fingerprint of the Wan model's self-attention weights (see :mod:`rehyat.weights`)."""
+    """Fingerprint of the Wan model's **base** self-attention weights (see :mod:`rehyat.weights`).
+
+    Weights patched in place (a LoRA while the model is loaded) are read from the patcher's backup,
+    so the answer is the checkpoint's whether or not the patches are applied; fp8_scaled weights are
+    multiplied by their ``scale_weight``.
+    """
     wan = model_patcher.get_model_object("diffusion_model")
-    return fingerprint_module(wan, "wan", num_layers=len(wan.blocks))
+    originals = {key: entry.weight for key, entry in getattr(model_patcher, "backup", {}).items()}
+    return fingerprint_module(model_patcher.model, "wan", prefix="diffusion_model.",
+                              num_layers=len(wan.blocks), originals=originals)
 
 
 def load_phi_for_comfy(

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConversionConfig
-from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun, check_hybrid_modules
 from ..ops import RecurrentState
 from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
 from ..weights import (
@@ -73,20 +73,7 @@ def convert(
             i: HybridAttention(model.config.num_heads, model.config.head_dim, config.attention, i).to(device)
             for i in blocks
         }
-    if sorted(hybrid) != list(blocks):
-        raise ValueError(f"φ modules cover blocks {sorted(hybrid)} but the config converts {list(blocks)}")
-    for index, module in hybrid.items():
-        if module.config != config.attention or module.block_index != index:
-            raise ValueError(
-                f"φ module of block {index} was built for {module.config} (block {module.block_index}) "
-                f"but the conversion uses {config.attention}"
-            )
-        maps = module.feature_maps.phi_q
-        if (maps.num_heads, maps.head_dim) != (model.config.num_heads, model.config.head_dim):
-            raise ValueError(
-                f"φ of block {index} has {maps.num_heads} heads × {maps.head_dim} but the model has "
-                f"{model.config.num_heads} × {model.config.head_dim}"
-            )
+    check_hybrid_modules(hybrid, blocks, config.attention, (model.config.num_heads, model.config.head_dim))
     for index in blocks:
         model.blocks[index].self_attn.attention = ReHyAtAttention(hybrid[index])
     model.rehyat_conversion = config

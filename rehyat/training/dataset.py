@@ -28,8 +28,7 @@ import safetensors
 import torch
 from torch import Tensor
 
-from ..weights.atomic import atomic_save_file
-from .runs import atomic_write_bytes
+from ..atomic import atomic_save_file, atomic_write_bytes
 
 FORMAT = "rehyat-finetune-dataset"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 
 def loss_curve_png_bytes(

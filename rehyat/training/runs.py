@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -34,6 +33,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_save_file, atomic_write_bytes
 from ..config import require_int
 
 IDENTITY_FILE = "run.json"
@@ -197,7 +197,7 @@ class RunFolder:
             "rng": json.dumps(rng_json),
         }
         path = self.path / CHECKPOINT_DIR / f"checkpoint-{step:08d}.safetensors"
-        atomic_save_safetensors(flat, metadata, path)
+        atomic_save_file(flat, metadata, path)
         for old in self.checkpoint_paths()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
@@ -296,65 +296,6 @@ def restore_rng_states(rng: Mapping[str, Any]) -> None:
         kind, pos, has_gauss, cached = rng["numpy"]
         keys = tensors["rng/numpy_keys"].numpy().astype(np.uint32)
         np.random.set_state((kind, keys, pos, has_gauss, cached))
-
-
-# ------------------------------------------------------------------------------------------------
-# atomic writes
-# ------------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a fsynced temporary sibling and ``os.replace``."""
-    path = Path(path)
-    tmp = _temporary_sibling(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def atomic_save_safetensors(
-    tensors: Mapping[str, Tensor], metadata: Mapping[str, str], path: str | os.PathLike[str]
-) -> Path:
-    """``safetensors.torch.save_file`` to a temporary sibling, fsync, then rename to ``path``."""
-    path = Path(path)
-    tmp = _temporary_sibling(path)
-    try:
-        safetensors.torch.save_file(dict(tensors), str(tmp), metadata=dict(metadata))
-        with open(tmp, "r+b") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _temporary_sibling(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def _sign_pattern(count: int) -> Tensor:
     return 1.0 - 2.0 * bits.to(torch.float64)
 
 
+@torch.inference_mode()  # weights made under inference mode can be read (viewed) outside it too
 def tensor_statistics(tensor: Tensor, scale: Tensor | float | None = None) -> tuple[float, float, float]:
     """``(mean, rms, proj)`` of the fixed sample of ``tensor`` (times ``scale``), in fp64 on the CPU.
 

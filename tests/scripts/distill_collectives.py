@@ -1,5 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2``: exercises rehyat.training.distributed's collectives (gloo)
-and prints one JSON line per rank with what each rank saw."""
+and writes what each rank saw to ``<out_dir>/rank<r>.json`` (argv[1]) — a file per rank, because two
+ranks printing to one inherited stdout pipe can interleave their lines."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ with distributed_session("cpu") as ctx:
     gathered = all_gather_objects({"rank": ctx.rank}, ctx)
     shared = broadcast_object(f"from rank {ctx.rank}", ctx)
     ran = on_main(ctx, lambda: "main ran")
-    print(
+    Path(sys.argv[1], f"rank{ctx.rank}.json").write_text(
         json.dumps(
             {
                 "rank": ctx.rank,
@@ -44,6 +45,5 @@ with distributed_session("cpu") as ctx:
                 "on_main": ran,
                 "shard": shard(list(range(5)), ctx.rank, ctx.world_size),
             }
-        ),
-        flush=True,
+        )
     )
