@@ -220,14 +220,22 @@ def test_shipped_teacher_has_temporal_attention_and_generates():
 
 @needs_assets
 def test_shipped_teacher_follows_its_prompt():
-    """The colour detector finds the prompt's colours in generated clips more often than any other colour."""
+    """Over several prompts and seeds, the colour detector finds the prompt's colours in most generated
+    frames, and far more often than any colour the prompt does not name (a single clip may lose its
+    shape for a while — e.g. half out of frame — so the rate is pooled over clips)."""
     from rehyat.demo.pipeline import detection_summary
 
     teacher = load_teacher()
-    for prompt, seed in (("a red circle bounces", 0), ("a blue circle and a yellow square bounce", 2)):
+    cases = (("a red circle bounces", 0), ("a blue circle and a yellow square bounce", 2),
+             ("a green square bounces", 3), ("a cyan circle and a magenta square collide", 4))
+    prompt_rates, other_rates = [], []
+    for prompt, seed in cases:
         pixels = teacher.generate(prompt, 16, seed=seed, sampling=SamplingConfig(steps=10))
         assert pixels.shape == (3, 16, 32, 32)
         summary = detection_summary(pixels, prompt)
-        weakest_prompt_colour = min(summary["prompt_colours"].values())
-        assert weakest_prompt_colour >= 0.5, summary
-        assert weakest_prompt_colour > max(summary["other_colours"].values()), summary
+        prompt_rates += list(summary["prompt_colours"].values())
+        other_rates.append(max(summary["other_colours"].values()))
+        assert min(summary["prompt_colours"].values()) > 0.25, (prompt, summary)
+    mean_prompt, mean_other = sum(prompt_rates) / len(prompt_rates), sum(other_rates) / len(other_rates)
+    assert mean_prompt >= 0.75, prompt_rates
+    assert mean_prompt > 3 * mean_other, (prompt_rates, other_rates)
