@@ -18,9 +18,10 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from rehyat.atomic import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("softmax", "parallel", "recurrent")
@@ -121,9 +122,7 @@ def main() -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, args.out)
+        atomic_write_bytes(args.out, text.encode())
     return 0
 
 

@@ -31,7 +31,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from dit import _peak_mib, _reset_peak, _rss_mib  # benchmarks/dit.py: per-process memory helpers
+
+from rehyat.atomic import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("streaming", "sweep", "softmax", "windows")
@@ -306,9 +307,7 @@ def main() -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, args.out)
+        atomic_write_bytes(args.out, text.encode())
     return 0
 
 
