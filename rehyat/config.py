@@ -64,6 +64,10 @@ class FeatureMapConfig:
         return cls(**_known_fields(cls, data))
 
 
+Variant = Literal["rehyat", "linear_only", "windowed_softmax", "uniform_hybrid"]
+VARIANTS: tuple[str, ...] = ("rehyat", "linear_only", "windowed_softmax", "uniform_hybrid")
+
+
 @dataclass(frozen=True)
 class HybridAttentionConfig:
     """How a ReHyAt attention layer splits frames into softmax and linear parts.
@@ -74,18 +78,30 @@ class HybridAttentionConfig:
         causal: linear attention over earlier frames only (recurrent-capable) when True; over every
             frame outside the softmax window when False.
         feature_map: shape of φq / φk.
+        variant: "rehyat" (the product). The others are the fidelity table's baselines, run in the
+            parallel form only: "linear_only" (φ over every token, no softmax — Hedgehog style),
+            "windowed_softmax" (ReHyAt's softmax windows with no linear part; no φ to train) and
+            "uniform_hybrid" (softmax to every ``rate``-th token, linear to the rest — Attention
+            Surgery style). "linear_only" and "uniform_hybrid" are bidirectional over all tokens
+            and ignore chunk_frames, overlap_frames and causal.
+        rate: R of "uniform_hybrid" (an integer ≥ 1; 1 is plain softmax); ignored otherwise.
     """
 
     chunk_frames: int = 3
     overlap_frames: int = 1
     causal: bool = True
     feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
+    variant: Variant = "rehyat"
+    rate: int = 2
 
     def __post_init__(self) -> None:
         require_int("chunk_frames", self.chunk_frames, low=1)
         require_int("overlap_frames", self.overlap_frames, low=0)
         if not isinstance(self.causal, bool):
             raise ValueError(f"causal must be a bool; got {self.causal!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
+        require_int("rate", self.rate, low=1)
         if isinstance(self.feature_map, dict):
             object.__setattr__(self, "feature_map", FeatureMapConfig.from_dict(self.feature_map))
 

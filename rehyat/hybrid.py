@@ -16,6 +16,9 @@ from torch import Tensor, nn
 from .config import HybridAttentionConfig, require_int
 from .feature_maps import FeatureMapPair
 from .ops import RecurrentState, Scratch, rehyat_attention, rehyat_step
+from .ops.linear_only import linear_attention
+from .ops.uniform_hybrid import uniform_hybrid_attention
+from .ops.windowed_softmax import windowed_softmax_attention
 
 RunMode = Literal["parallel", "recurrent"]
 
@@ -92,6 +95,8 @@ class HybridAttention(nn.Module):
                 "φ is part of the model's module tree: move the model (ModelPatcher / .to()) instead of "
                 "the tensors"
             )
+        if cfg.variant != "rehyat":
+            return self._baseline(q, k, v, run)
         if run.mode == "parallel":
             return rehyat_attention(
                 q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p,
@@ -107,6 +112,23 @@ class HybridAttention(nn.Module):
             overlap_frames=cfg.overlap_frames, scratch=run.scratch,
         )
         return out
+
+    def _baseline(self, q: Tensor, k: Tensor, v: Tensor, run: ReHyAtRun) -> Tensor:
+        """The fidelity baselines of :class:`~rehyat.config.HybridAttentionConfig` (parallel only)."""
+        cfg, maps = self.config, self.feature_maps
+        if run.mode != "parallel":
+            raise ValueError(
+                f"block {self.block_index} runs the {cfg.variant!r} baseline, which has no recurrent form: "
+                "use the parallel forward, or variant='rehyat' for chunk-by-chunk generation"
+            )
+        if cfg.variant == "linear_only":
+            return linear_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k)
+        if cfg.variant == "uniform_hybrid":
+            return uniform_hybrid_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, rate=cfg.rate)
+        return windowed_softmax_attention(
+            q, k, v, tokens_per_frame=run.grid.tokens_per_frame, chunk_frames=cfg.chunk_frames,
+            overlap_frames=cfg.overlap_frames,
+        )
 
 
 def check_hybrid_modules(

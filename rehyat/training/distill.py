@@ -130,6 +130,16 @@ class Distiller:
         check_clip_length(teacher.latent_frames, conversion.attention)
         if options.query_chunk_fraction < 1 and not conversion.attention.causal:
             raise ValueError("query_chunk_fraction < 1 needs causal blocks; use 1 for non-causal ones")
+        variant = conversion.attention.variant
+        if variant == "windowed_softmax":
+            raise ValueError(
+                "variant='windowed_softmax' has no φ to distil (softmax windows only): convert without "
+                "distillation, or choose another variant"
+            )
+        if options.query_chunk_fraction < 1 and variant != "rehyat":
+            raise ValueError(
+                f"query_chunk_fraction < 1 needs variant='rehyat'; use 1 for the {variant!r} baseline"
+            )
         self.plan = TrajectoryPlan.build(num_prompts, options)
         self.ctx = ctx or DistributedContext()
         self.global_batch = options.batch_size * self.ctx.world_size

@@ -1,0 +1,142 @@
+"""The fidelity baselines' attention forms (linear-only, windowed softmax, uniform hybrid) against
+their fp64 naive references, including gradients, and their place in HybridAttention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rehyat import FeatureMapConfig, FeatureMapPair
+from rehyat.config import HybridAttentionConfig
+from rehyat.hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from rehyat.ops import rehyat_attention_naive
+from rehyat.ops.linear_only import linear_attention, linear_attention_naive
+from rehyat.ops.uniform_hybrid import (
+    softmax_key_mask,
+    uniform_hybrid_attention,
+    uniform_hybrid_attention_naive,
+)
+from rehyat.ops.windowed_softmax import windowed_softmax_attention, windowed_softmax_attention_naive
+
+SMALL_MAP = FeatureMapConfig(hidden_dim=12, feature_dim=8, init_bias=-1.0)
+SHAPES = [(1, 1, 2, 8, 7), (2, 3, 3, 16, 6), (1, 2, 1, 4, 1)]  # (B, H, P, d, T)
+
+
+def make_inputs(b, h, p, d, t, *, seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, t * p, d, generator=gen) for _ in range(3))
+    maps = FeatureMapPair(h, d, SMALL_MAP)
+    with torch.no_grad():
+        for param in maps.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    if requires_grad:
+        for x in (q, k, v):
+            x.requires_grad_(True)
+    return q, k, v, maps
+
+
+def grads_of(fn, q, k, v, maps):
+    out = fn()
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
+    (out * weights).sum().backward()
+    tensors = [q, k, v, *maps.parameters()]
+    grads = [torch.zeros_like(x) if x.grad is None else x.grad.clone() for x in tensors]
+    for x in tensors:
+        x.grad = None
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_linear_only_matches_naive_with_gradients(shape):
+    q, k, v, maps = make_inputs(*shape, requires_grad=True)
+    kw = dict(phi_q=maps.phi_q, phi_k=maps.phi_k)
+    fast, fast_grads = grads_of(lambda: linear_attention(q, k, v, **kw), q, k, v, maps)
+    ref, ref_grads = grads_of(lambda: linear_attention_naive(q, k, v, **kw), q, k, v, maps)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("tc", "to"), [(1, 0), (2, 1), (3, 1), (3, 4), (5, 2)])
+def test_windowed_softmax_matches_naive_and_rehyat_without_linear_part(shape, tc, to):
+    q, k, v, maps = make_inputs(*shape, requires_grad=True)
+    p = shape[2]
+    kw = dict(tokens_per_frame=p, chunk_frames=tc, overlap_frames=to)
+    fast, fast_grads = grads_of(lambda: windowed_softmax_attention(q, k, v, **kw), q, k, v, maps)
+    ref, ref_grads = grads_of(lambda: windowed_softmax_attention_naive(q, k, v, **kw), q, k, v, maps)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads[:3], ref_grads[:3], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert all(g.abs().sum() == 0 for g in fast_grads[3:])  # no parameters: φ gets nothing
+    # With φ ≈ 0 ReHyAt's joint normalisation leaves exactly the softmax windows.
+    zero = lambda x: torch.zeros(*x.shape[:-1], 4, dtype=x.dtype)  # noqa: E731
+    rehyat = rehyat_attention_naive(q, k, v, phi_q=zero, phi_k=zero, causal=True, **kw)
+    torch.testing.assert_close(fast, rehyat.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rate", [1, 2, 3, 4])
+def test_uniform_hybrid_matches_naive_with_gradients(shape, rate):
+    q, k, v, maps = make_inputs(*shape, requires_grad=True)
+    kw = dict(phi_q=maps.phi_q, phi_k=maps.phi_k, rate=rate)
+    fast, fast_grads = grads_of(lambda: uniform_hybrid_attention(q, k, v, **kw), q, k, v, maps)
+    ref, ref_grads = grads_of(lambda: uniform_hybrid_attention_naive(q, k, v, **kw), q, k, v, maps)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_uniform_hybrid_rate_one_is_softmax_and_mask_samples_every_rth_token():
+    q, k, v, maps = make_inputs(1, 2, 3, 8, 4)
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(
+        uniform_hybrid_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, rate=1), full
+    )
+    assert softmax_key_mask(7, 3).tolist() == [True, False, False, True, False, False, True]
+
+
+def test_baseline_ops_refuse_bad_arguments():
+    q, k, v, maps = make_inputs(1, 1, 2, 8, 3)
+    with pytest.raises(ValueError, match="rate must be an integer ≥ 1"):
+        uniform_hybrid_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, rate=0)
+    with pytest.raises(ValueError, match="tokens_per_frame=4"):
+        windowed_softmax_attention(q, k, v, tokens_per_frame=4, chunk_frames=1, overlap_frames=0)
+    with pytest.raises(ValueError, match="share one shape"):
+        linear_attention(q, k[:, :, :2], v, phi_q=maps.phi_q, phi_k=maps.phi_k)
+
+
+def test_config_variants_validate():
+    assert HybridAttentionConfig().variant == "rehyat"
+    with pytest.raises(ValueError, match="variant must be one of"):
+        HybridAttentionConfig(variant="hedgehog")
+    with pytest.raises(ValueError, match="rate must be an integer ≥ 1"):
+        HybridAttentionConfig(variant="uniform_hybrid", rate=0)
+    config = HybridAttentionConfig(variant="uniform_hybrid", rate=4)
+    assert HybridAttentionConfig.from_dict(config.to_dict()) == config
+    old = config.to_dict()
+    del old["variant"], old["rate"]  # φ files written before the baselines existed
+    assert HybridAttentionConfig.from_dict(old) == HybridAttentionConfig()
+
+
+@pytest.mark.parametrize(
+    ("variant", "reference"),
+    [
+        ("linear_only", lambda q, k, v, m, p: linear_attention_naive(q, k, v, phi_q=m.phi_q, phi_k=m.phi_k)),
+        ("uniform_hybrid", lambda q, k, v, m, p: uniform_hybrid_attention_naive(
+            q, k, v, phi_q=m.phi_q, phi_k=m.phi_k, rate=3)),
+        ("windowed_softmax", lambda q, k, v, m, p: windowed_softmax_attention_naive(
+            q, k, v, tokens_per_frame=p, chunk_frames=2, overlap_frames=1)),
+    ],
+)
+def test_hybrid_attention_runs_each_baseline_in_parallel_and_refuses_recurrent(variant, reference):
+    config = HybridAttentionConfig(
+        chunk_frames=2, overlap_frames=1, feature_map=SMALL_MAP, variant=variant, rate=3
+    )
+    module = HybridAttention(2, 8, config, block_index=4)
+    q, k, v, _ = make_inputs(1, 2, 3, 8, 5)
+    grid = FrameGrid(5, 1, 3)
+    out = module(q, k, v, ReHyAtRun(grid=grid))
+    torch.testing.assert_close(out, reference(q, k, v, module.feature_maps, 3), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=f"block 4 runs the '{variant}' baseline, which has no recurrent"):
+        module(q, k, v, ReHyAtRun(grid=grid, mode="recurrent"))
