@@ -139,3 +139,23 @@ def uniform_hybrid_attention_flops(
     linear = 2 * dp * (d + 1) * (reading + linear_keys)
     scale = batch * heads
     return ReHyAtFlops(softmax * scale, feature_maps * scale, linear * scale)
+
+
+def linear_attention_flops(
+    batch: int, heads: int, tokens: int, head_dim: int, *, feature_map: FeatureMapConfig | None = None,
+) -> ReHyAtFlops:
+    """Analytic forward FLOPs of linear-only attention (Hedgehog style, :mod:`rehyat.ops.linear_only`).
+
+    φq on every query and φk on every key, one ``φkᵀ[v, 1]`` per key and one ``φq·[S, z]`` per
+    query; no softmax part.
+    """
+    for name, value in (("batch", batch), ("heads", heads), ("tokens", tokens), ("head_dim", head_dim)):
+        require_int(name, value, low=1)
+    fm = feature_map or FeatureMapConfig()
+    per_token_phi = 2 * (head_dim * fm.hidden_dim + fm.hidden_dim * fm.feature_dim)
+    scale = batch * heads
+    return ReHyAtFlops(
+        softmax=0,
+        feature_maps=per_token_phi * 2 * tokens * scale,
+        linear=2 * fm.feature_dim * (head_dim + 1) * 2 * tokens * scale,
+    )

@@ -9,12 +9,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rehyat import FeatureMapConfig, FeatureMapPair
 from rehyat.flops import (
+    linear_attention_flops,
     register_cpu_flash_flop_formula,
     rehyat_attention_flops,
     softmax_attention_flops,
     uniform_hybrid_attention_flops,
 )
 from rehyat.ops import rehyat_attention
+from rehyat.ops.linear_only import linear_attention
+from rehyat.ops.uniform_hybrid import uniform_hybrid_attention
 
 CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -94,6 +97,26 @@ def test_uniform_hybrid_flops_equal_the_counted_reference(rate):
     with torch.inference_mode():
         total, _ = counted(lambda: naive_uniform_hybrid(q, k, v, maps.phi_q, maps.phi_k, rate))
     assert total == uniform_hybrid_attention_flops(1, 2, 30, 8, rate=rate, feature_map=fm).total
+    register_cpu_flash_flop_formula()
+    with torch.inference_mode():  # the library's kernel counts the same
+        kernel, _ = counted(
+            lambda: uniform_hybrid_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, rate=rate)
+        )
+    assert kernel == total
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 30])
+def test_linear_only_flops_equal_the_counted_kernel(tokens):
+    fm = FeatureMapConfig(hidden_dim=12, feature_dim=10)
+    maps = FeatureMapPair(2, 8, fm)
+    q, k, v = (torch.randn(1, 2, tokens, 8) for _ in range(3))
+    with torch.inference_mode():
+        total, _ = counted(lambda: linear_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k))
+    flops = linear_attention_flops(1, 2, tokens, 8, feature_map=fm)
+    assert total == flops.total
+    assert flops.softmax == 0
+    with pytest.raises(ValueError, match="tokens must be an integer ≥ 1"):
+        linear_attention_flops(1, 2, 0, 8)
 
 
 def test_uniform_hybrid_at_rate_one_is_softmax_attention():

@@ -31,7 +31,9 @@ TINY = WanShape("tiny", dim=48, num_layers=2, num_heads=4, ffn_dim=64, text_len=
 
 @pytest.mark.parametrize("case", [SoftmaxCase(), ReHyAtCase(2, 1, form="recurrent", feature_map=FM),
                                   ReHyAtCase(2, 0, converted_blocks=1, feature_map=FM),
-                                  ContextWindowCase(3, 1, SoftmaxCase())], ids=lambda c: c.label)
+                                  ContextWindowCase(3, 1, SoftmaxCase()),
+                                  UniformHybridCase(2, feature_map=FM)],
+                         ids=lambda c: c.label)
 def test_in_process_measurement_times_every_block(case):
     runner = wandit_runner(TINY, case, LatentGrid(5, 4, 4))
     result = measure_runner(runner, repeats=2, warmup=1)
@@ -40,13 +42,13 @@ def test_in_process_measurement_times_every_block(case):
     assert result.peak_memory_mib > 0 and result.working_memory_mib >= 0
     if isinstance(case, ReHyAtCase):
         assert result.converted == ([1] if case.converted_blocks == 1 else [0, 1])
+    elif isinstance(case, UniformHybridCase):
+        assert result.converted == [0, 1]
     else:
         assert result.converted == []
 
 
 def test_unrunnable_cases_are_refused_clearly():
-    with pytest.raises(ValueError, match="uniform hybrid: no kernel"):
-        wandit_runner(TINY, UniformHybridCase(2), LatentGrid(4, 4, 4))
     with pytest.raises(ValueError, match="needs every block converted"):
         wandit_runner(TINY, ReHyAtCase(converted_blocks=1, form="recurrent"), LatentGrid(4, 4, 4))
     with pytest.raises(ValueError, match="layers must be in"):
@@ -66,7 +68,7 @@ def test_measured_profile_plots_and_tables(tmp_path):
     report = profile(request, measure=measure)
     for row in report["lengths"]:
         measured = {k for k, v in row["cases"].items() if "measured" in v}
-        assert measured == {"softmax", "rehyat", "context_windows"}
+        assert measured == {"softmax", "rehyat", "context_windows", "uniform_hybrid_R2"}
     image = figure_to_array(summary_figure(report))
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.float32
     assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05
@@ -78,7 +80,9 @@ def test_measured_profile_plots_and_tables(tmp_path):
 
 @requires_comfyui
 @pytest.mark.parametrize("case", [SoftmaxCase(), ReHyAtCase(2, 1, form="recurrent", feature_map=FM),
-                                  ContextWindowCase(3, 1, SoftmaxCase())], ids=lambda c: c.label)
+                                  ContextWindowCase(3, 1, SoftmaxCase()),
+                                  UniformHybridCase(2, feature_map=FM)],
+                         ids=lambda c: c.label)
 def test_comfyui_model_measures_in_process(case):
     comfy_or_skip()
     patcher = load_tiny_wan_comfy(tiny_wan_state_dict(num_layers=2, seed=0))
@@ -89,7 +93,7 @@ def test_comfyui_model_measures_in_process(case):
         runner.cleanup()
     assert result.step_seconds > 0 and len(result.block_seconds) == 2
     assert all(s > 0 for s in result.block_seconds)
-    assert result.converted == ([0, 1] if isinstance(case, ReHyAtCase) else [])
+    assert result.converted == ([0, 1] if isinstance(case, (ReHyAtCase, UniformHybridCase)) else [])
 
 
 def test_low_precision_runner_keeps_phi_and_patch_embedding_fp32():

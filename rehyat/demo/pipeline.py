@@ -30,8 +30,9 @@ from ..config import ConversionConfig, HybridAttentionConfig, require_int
 from ..metrics import psnr_clip, psnr_per_frame, ssim_clip, temporal_flicker
 from ..models.wan_rehyat import conversion_config, convert, forward_recurrent, load_phi, save_phi
 from ..teacher.analysis import attention_temporal_structure
+from ..teacher.distillation import distil_on_teacher, generator_prompts
 from ..teacher.model import ASSETS, SamplingConfig, Teacher, load_teacher
-from ..teacher.shapes import COLOURS, detect_shapes, generate_clip
+from ..teacher.shapes import COLOURS, detect_shapes
 from .media import plot_time_memory, side_by_side_frames, write_gif, write_mp4
 from .memory import measure_call, measure_lengths_in_child
 
@@ -226,29 +227,15 @@ def distill_phi(
     teacher: Teacher, conversion: ConversionConfig, config: DemoConfig, sampling: SamplingConfig, on_step=None
 ) -> tuple[dict, dict[str, Any]]:
     """Stage-1 distillation of φ for every block on teacher trajectories at the training length."""
-    from ..training.distill import Distiller
-    from ..training.options import DistillOptions, TeacherSampling
-    from ..training.wandit_teacher import WanDiTTeacher
-
-    prompts = _distinct_prompts(config.distill_prompts)
-    with torch.no_grad():
-        features = teacher.encode(prompts + [""])
-    clip = teacher.config.clip
-    latent_shape = (teacher.config.dit.in_dim, clip.frames, clip.size // 2, clip.size // 2)
-    teacher_sampling = TeacherSampling(
-        steps=config.distill_trajectory_steps,
-        cfg=sampling.guidance,
-        shift=sampling.shift,
-        eta=0.0,
-        capture_stride=1,
+    return distil_on_teacher(
+        teacher,
+        conversion,
+        steps=config.distill_steps,
+        prompts=generator_prompts(config.distill_prompts),
+        sampling=sampling,
+        trajectory_steps=config.distill_trajectory_steps,
+        on_step=on_step,
     )
-    wrapped = WanDiTTeacher(teacher.dit, list(features[:-1]), features[-1], latent_shape, teacher_sampling)
-    options = DistillOptions(iterations=config.distill_steps, lr=1e-3, holdout_prompts=1, eval_seeds=1)
-    distiller = Distiller(wrapped, conversion, options, len(prompts), on_step=on_step)
-    distiller.train()
-    report = distiller.report(distiller.evaluate())
-    report["prompts"] = prompts
-    return dict(distiller.hybrid), report
 
 
 def measure_lengths(
@@ -318,17 +305,6 @@ def detection_summary(pixels: Tensor, prompt: str) -> dict[str, Any]:
 
 def _recurrent(student: Teacher):
     return lambda x, t, context: forward_recurrent(student.dit, x, t, context)
-
-
-def _distinct_prompts(count: int) -> list[str]:
-    prompts: list[str] = []
-    seed = 0
-    while len(prompts) < count and seed < 10_000:
-        prompt = generate_clip(seed, frames=1).prompt
-        if prompt not in prompts:
-            prompts.append(prompt)
-        seed += 1
-    return prompts
 
 
 def _tokens_per_frame(teacher: Teacher) -> int:

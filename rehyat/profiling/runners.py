@@ -8,8 +8,9 @@ evaluation on the case's latent, ``blocks`` are the modules timed per block. Two
 - :func:`comfy_runner` — a ComfyUI ``ModelPatcher`` holding a Wan2.1 model (duck-typed, no ``comfy``
   import), patched with :func:`rehyat.integrations.comfyui_wan.patch_comfy_wan`.
 
-Uniform-hybrid cases have no kernel in :mod:`rehyat.ops` and are analytic only; context windows run
-the inner case once per window (the blending of overlapping windows is element-wise and not run).
+Uniform-hybrid cases run :mod:`rehyat.ops.uniform_hybrid` (the fidelity baseline's kernel, untrained
+φ); context windows run the inner case once per window (the blending of overlapping windows is
+element-wise and not run).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from ..config import ConversionConfig, HybridAttentionConfig
 from .cases import Case, ContextWindowCase, ReHyAtCase, SoftmaxCase, UniformHybridCase
 from .presets import LatentGrid, WanShape
 
-UNMEASURABLE = "uniform hybrid: no kernel in rehyat.ops (analytic FLOPs only)"
-
 
 @dataclass
 class Runner:
@@ -39,17 +38,17 @@ class Runner:
     cleanup: Callable[[], None] = field(default=lambda: None)
 
 
-def check_measurable(case: Case) -> None:
-    """Raise a ValueError for cases that can only be counted, not run."""
-    inner = case.inner if isinstance(case, ContextWindowCase) else case
-    if isinstance(inner, UniformHybridCase):
-        raise ValueError(UNMEASURABLE)
+ConvertedCase = ReHyAtCase | UniformHybridCase
 
 
-def conversion_for(case: ReHyAtCase, layers: int, full_layers: int) -> ConversionConfig:
+def conversion_for(case: ConvertedCase, layers: int, full_layers: int) -> ConversionConfig:
     """The conversion of ``case`` on ``layers`` blocks (reduced depth keeps the converted share)."""
     converted = layers if case.converted_blocks is None else min(
         layers, round(case.converted_blocks * layers / full_layers))
+    if isinstance(case, UniformHybridCase):
+        attention = HybridAttentionConfig(causal=False, feature_map=case.feature_map,
+                                          variant="uniform_hybrid", rate=case.rate)
+        return ConversionConfig(num_blocks=converted, placement="last", attention=attention)
     if case.form == "recurrent" and converted != layers:
         raise ValueError(f"form='recurrent' needs every block converted; {case.label} converts "
                          f"{converted} of {layers} measured blocks")
@@ -71,7 +70,6 @@ def wandit_runner(shape: WanShape, case: Case, latent: LatentGrid, *, layers: in
     from ..models.wan import WanDiT, WanDiTConfig
     from ..models.wan_rehyat import convert, converted_blocks, forward_recurrent
 
-    check_measurable(case)
     layers = shape.num_layers if layers is None else layers
     if not 1 <= layers <= shape.num_layers:
         raise ValueError(f"layers must be in [1, {shape.num_layers}]; got {layers}")
@@ -84,7 +82,7 @@ def wandit_runner(shape: WanShape, case: Case, latent: LatentGrid, *, layers: in
     inner = case.inner if isinstance(case, ContextWindowCase) else case
     recurrent = isinstance(inner, ReHyAtCase) and inner.form == "recurrent"
     converted: tuple[int, ...] = ()
-    if isinstance(inner, ReHyAtCase):
+    if isinstance(inner, (ReHyAtCase, UniformHybridCase)):
         conversion = conversion_for(inner, layers, shape.num_layers)
         convert(model, conversion)
         converted = conversion.resolve_blocks(layers)
@@ -115,14 +113,14 @@ def comfy_runner(model_patcher: Any, case: Case, latent: LatentGrid, *, text_len
     """
     from ..integrations.comfyui_wan import patch_comfy_wan
 
-    check_measurable(case)
     wan = model_patcher.get_model_object("diffusion_model")
     layers = len(wan.blocks)
     inner = case.inner if isinstance(case, ContextWindowCase) else case
     patcher, converted = model_patcher, ()
-    if isinstance(inner, ReHyAtCase):
+    if isinstance(inner, (ReHyAtCase, UniformHybridCase)):
         conversion = conversion_for(inner, layers, layers)
-        patcher = patch_comfy_wan(model_patcher, conversion, forward_mode=inner.form)
+        form = inner.form if isinstance(inner, ReHyAtCase) else "parallel"
+        patcher = patch_comfy_wan(model_patcher, conversion, forward_mode=form)
         converted = conversion.resolve_blocks(layers)
     device = model_patcher.load_device
     dtype = getattr(patcher.model, "manual_cast_dtype", None) or patcher.model.get_dtype()

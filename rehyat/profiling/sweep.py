@@ -128,10 +128,11 @@ Measurer = Callable[[str, Case, LatentGrid], Measurement]
 
 
 def profile(request: ProfileRequest, *, measure: Measurer | None = None,
-            measured_cases: Sequence[str] = ("softmax", "rehyat", "context_windows"),
+            measured_cases: Sequence[str] | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build the report of ``request``; with ``measure``, also latency and memory per case and length.
 
+    Every case is measured unless ``measured_cases`` names the keys to measure.
     ``measure(key, case, latent)`` returns a :class:`Measurement` (e.g. a subprocess per case); a case
     it cannot run (ValueError/RuntimeError) is reported with its reason instead of numbers.
     """
@@ -155,7 +156,7 @@ def profile(request: ProfileRequest, *, measure: Measurer | None = None,
         for key, case in cases.items():
             entry = flops_entry(case, shape, latent, request.linear_accounting)
             row["cases"][key] = {k: entry[k] for k in ("attention_tflops", "block_tflops", "model_tflops")}
-            if measure is not None and key in measured_cases:
+            if measure is not None and (measured_cases is None or key in measured_cases):
                 if progress:
                     progress(f"measuring {case.label} at {frames} latent frames")
                 try:

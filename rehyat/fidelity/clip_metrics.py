@@ -1,0 +1,99 @@
+"""Metrics of a generated clip against the teacher's clip and against the generator's ground truth.
+
+Clips are pixels ``(3, T, H, W)`` in [-1, 1] (the teacher's output). The teacher has no temporal
+compression, so latent frame = pixel frame and chunk boundaries fall on frames ``Tc, 2·Tc, …``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..metrics import psnr_clip, seam_report, temporal_flicker
+from ..teacher.shapes import COLOURS, ClipSpec, detect_shapes
+
+MIN_COVERAGE = 0.5  # detector settings for generated clips (ignore dim speckle), as in the demo
+MIN_AREA = 4.0
+
+
+def to_unit_frames(pixels: Tensor) -> Tensor:
+    """``(3, T, H, W)`` in [-1, 1] → ``(T, H, W, 3)`` in [0, 1] (black background = 0)."""
+    return ((pixels.float() + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0)
+
+
+def content_cosine(a: Tensor, b: Tensor) -> float:
+    """Cosine similarity of two clips' [0, 1] RGB (black = 0, so only the shapes count)."""
+    x, y = to_unit_frames(a).flatten().double(), to_unit_frames(b).flatten().double()
+    norms = x.norm() * y.norm()
+    if norms == 0:
+        return 1.0 if x.norm() == y.norm() else 0.0
+    return float(x @ y / norms)
+
+
+def against_teacher(teacher: Tensor, clip: Tensor, chunk_frames: int) -> dict[str, float | None]:
+    """PSNR (dB), content cosine, flicker ratio and seam error ratio of ``clip`` against ``teacher``.
+
+    ``flicker_ratio``: the clip's temporal flicker over the teacher's (1 = as steady).
+    ``seam_ratio``: mean per-frame error on the frames either side of a chunk boundary over the
+    error elsewhere (> 1: errors concentrate at chunk seams); None when no boundary is inside.
+    """
+    a, b = to_unit_frames(teacher), to_unit_frames(clip)
+    seams = seam_report(a, b, chunk_frames, temporal_factor=1)
+    flicker_teacher = temporal_flicker(a)
+    result = {
+        "psnr_db": psnr_clip(b, a),
+        "cosine": content_cosine(teacher, clip),
+        "flicker_ratio": temporal_flicker(b) / flicker_teacher if flicker_teacher > 0 else math.nan,
+        "seam_ratio": seams.error_ratio,
+    }
+    return {k: (v if math.isfinite(v) else None) for k, v in result.items()}
+
+
+def prompt_shapes(prompt: str) -> list[str]:
+    """The colours a generator prompt names, in order ("a red circle and a blue square …")."""
+    words = prompt.lower().split()
+    return [w for w in words if w in COLOURS]
+
+
+def content(clip: Tensor, prompt: str, spec: ClipSpec | None = None) -> dict[str, float | None]:
+    """What the generator's ground truth says a clip of ``prompt`` must show, checked by the detector.
+
+    - ``shapes_found``: share of (frame, prompt colour) pairs in which the colour is detected;
+    - ``spurious``: share of (frame, other colour) pairs with a detection (shapes never asked for);
+    - ``motion_plausible``: share of consecutive detections of a prompt colour whose centroid moves
+      at most ``2 × max_speed`` pixels (the generator's shapes move ≤ ``max_speed`` px per frame;
+      the factor covers collisions and the detector's jitter); None without consecutive detections.
+    """
+    spec = spec or ClipSpec()
+    wanted = prompt_shapes(prompt)
+    others = [c for c in COLOURS if c not in wanted]
+    found = detect_shapes(clip, list(COLOURS), min_coverage=MIN_COVERAGE, min_area=MIN_AREA)
+    frames = len(found)
+    hits = sum(frame[c] is not None for frame in found for c in wanted)
+    spurious = sum(frame[c] is not None for frame in found for c in others)
+    steps = plausible = 0
+    for colour in wanted:
+        for before, after in zip(found, found[1:], strict=False):
+            if before[colour] is None or after[colour] is None:
+                continue
+            steps += 1
+            moved = math.dist(before[colour][:2], after[colour][:2])
+            plausible += moved <= 2 * spec.max_speed
+    return {
+        "shapes_found": hits / (frames * len(wanted)) if wanted else None,
+        "spurious": spurious / (frames * len(others)) if others else None,
+        "motion_plausible": plausible / steps if steps else None,
+    }
+
+
+def mean_and_sem(values: list[float | None]) -> dict[str, Any]:
+    """Mean and standard error of the finite values (None when there are none)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "sem": None, "n": 0}
+    t = torch.tensor(finite, dtype=torch.float64)
+    sem = float(t.std(unbiased=True) / math.sqrt(len(finite))) if len(finite) > 1 else None
+    return {"mean": float(t.mean()), "sem": sem, "n": len(finite)}
