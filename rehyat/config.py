@@ -80,7 +80,8 @@ class HybridAttentionConfig:
         feature_map: shape of φq / φk.
         variant: "rehyat" (the product). The others are the fidelity table's baselines, run in the
             parallel form only: "linear_only" (φ over every token, no softmax — Hedgehog style),
-            "windowed_softmax" (ReHyAt's softmax windows with no linear part; no φ to train) and
+            "windowed_softmax" (ReHyAt's softmax windows with no linear part; no φ to train; causal
+            changes nothing for it) and
             "uniform_hybrid" (softmax to every ``rate``-th token, linear to the rest — Attention
             Surgery style). "linear_only" and "uniform_hybrid" are bidirectional over all tokens
             and ignore chunk_frames, overlap_frames and causal.

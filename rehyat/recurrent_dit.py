@@ -87,8 +87,19 @@ def run_chunked_forward(
     return outputs
 
 
-def check_recurrent_capable(converted: Sequence[int], num_blocks: int, causal: bool) -> None:
-    """Refuse the recurrent forward unless every block is converted and causal, saying why."""
+def check_recurrent_capable(
+    converted: Sequence[int], num_blocks: int, causal: bool, variant: str = "rehyat"
+) -> None:
+    """Refuse the recurrent forward unless every block is converted to causal ReHyAt, saying why.
+
+    ``variant`` is the conversion's :attr:`~rehyat.config.HybridAttentionConfig.variant`: the fidelity
+    baselines (linear-only, windowed softmax, uniform hybrid) have no recurrent form.
+    """
+    if variant != "rehyat":
+        raise ValueError(
+            f"the recurrent (chunk-by-chunk) forward runs ReHyAt only; this conversion uses the {variant!r} "
+            "baseline (parallel form only): convert with variant='rehyat' or use the parallel forward"
+        )
     missing = sorted(set(range(num_blocks)) - set(converted))
     if missing:
         raise ValueError(

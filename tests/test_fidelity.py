@@ -18,12 +18,18 @@ from rehyat.fidelity.cost import (
     WAN_1_3B_81_FRAMES,
     AttentionShape,
     attention_share,
-    converted_attention_flops,
 )
-from rehyat.fidelity.report import direction_verdict, markdown, paired_difference, trends
+from rehyat.fidelity.report import (
+    direction_verdict,
+    equivalence_verdict,
+    markdown,
+    paired_difference,
+    t_critical,
+    trends,
+)
 from rehyat.fidelity.run import FidelityConfig, run_fidelity, selected_cases, summarise
 from rehyat.flops import rehyat_attention_flops, softmax_attention_flops
-from rehyat.teacher.distillation import generator_prompts
+from rehyat.teacher.distillation import generator_prompts, scene_key
 from rehyat.teacher.shapes import generate_clip
 
 TINY = dict(
@@ -93,8 +99,12 @@ def test_attention_shares_follow_the_analytic_counts():
     assert (
         attention_share(linear, shape, 4) < attention_share(window, shape, 4) < attention_share(ref, shape, 4)
     )
-    tiny = AttentionShape("tiny", 4, 1, 128, 64, 64)  # the teacher: φ's MLP outweighs its small softmax
-    assert converted_attention_flops(ref.attention, tiny) > converted_attention_flops(window.attention, tiny)
+    # The teacher's shape: at its 16-frame training length φ's MLP outweighs the small softmax (ReHyAt
+    # costs more than softmax); at 64 frames the quadratic softmax dominates and ReHyAt is cheaper.
+    assert attention_share(ref, AttentionShape("teacher", 4, 1, 128, 16, 64), 4) > 1
+    assert attention_share(ref, AttentionShape("teacher", 4, 1, 128, 64, 64), 4) < 0.5
+    three = FidelityCase("b3", "blocks", converted_blocks=3)  # 30·3/4 = 22.5 → 23 (halves up)
+    assert attention_share(three, shape, 4) == pytest.approx((23 * expected + 7) / 30)
 
 
 def test_clip_metrics_against_the_teacher_and_the_ground_truth():
@@ -117,9 +127,11 @@ def test_clip_metrics_against_the_teacher_and_the_ground_truth():
     assert clip_metrics.mean_and_sem([None]) == {"mean": None, "sem": None, "n": 0}
 
 
-def _summary(a_rows, b_rows):
+def _summary(a_rows, b_rows, **others):
     cases = {}
-    for name, rows in (("rehyat", a_rows), ("linear_only", b_rows)):
+    for name, rows in (("rehyat", a_rows), ("linear_only", b_rows), *others.items()):
+        if rows is None:
+            continue
         record = {
             "case": {"group": "reference" if name == "rehyat" else "baseline", "converted_blocks": None},
             "short": [{"psnr_db": v} for v in rows],
@@ -140,6 +152,33 @@ def test_paired_differences_and_verdicts():
     assert direction_verdict(None) == "not measured"
     (claim,) = trends(summary)
     assert claim["claim"] == "ReHyAt keeps more than linear-only attention" and claim["verdict"] == "agrees"
+    assert d["half_width"] == pytest.approx(t_critical(3) * d["sem"])
+    assert t_critical(1) == pytest.approx(12.706) and t_critical(100) == 1.96
+
+
+def test_trend_verdicts_for_overlap_causality_and_missing_cases():
+    base = [20.0, 21.0, 22.0, 23.0]
+    # To: a clear 0 → 1 jump; a noisy (non-significant) later step must not spoil the saturation.
+    summary = _summary(base, None, to0=[17.0, 18.1, 18.9, 20.0], to2=[21.5, 19.8, 23.4, 22.6])
+    (to,) = trends(summary)
+    assert to["claim"] == "One overlap frame matters, more saturate" and to["verdict"] == "agrees"
+    summary = _summary(base, None, to0=[17.0, 18.1, 18.9, 20.0], to2=[24.0, 25.1, 25.9, 27.0])
+    assert trends(summary)[0]["verdict"] == "jump agrees, saturation does not"
+    # Causality is an equivalence claim: a tight interval around 0 agrees, a wide one is inconclusive.
+    tight = paired_difference(
+        _summary(base, None, non_causal=[20.1, 20.9, 22.05, 23.0]), "non_causal", "rehyat"
+    )
+    assert equivalence_verdict(tight) == "agrees"
+    wide = paired_difference(
+        _summary(base, None, non_causal=[22.0, 19.0, 24.0, 21.0]), "non_causal", "rehyat"
+    )
+    assert equivalence_verdict(wide).startswith("no significant difference")
+    off = paired_difference(_summary(base, None, non_causal=[18.0, 19.0, 20.1, 21.0]), "non_causal", "rehyat")
+    assert equivalence_verdict(off) == "does not agree"
+    assert equivalence_verdict(None) == "not measured"
+    # Without the reference nothing can be paired: claims say so instead of crashing or guessing.
+    alone = _summary(None, None, non_causal=base, uniform_r2=base)
+    assert {t["verdict"] for t in trends(alone)} == {"not measured"}
 
 
 def test_config_validation_names_the_parameter():
@@ -159,8 +198,13 @@ def test_config_validation_names_the_parameter():
 
 def test_held_out_prompts_exclude_the_distillation_prompts():
     train = generator_prompts(8)
-    held = generator_prompts(8, first_seed=50_000, exclude=set(train))
-    assert len(set(train)) == 8 and len(set(held)) == 8 and not set(train) & set(held)
+    held = generator_prompts(8, first_seed=50_000, exclude=train)
+    assert len(set(train)) == 8 and len(set(held)) == 8
+    assert not {scene_key(p) for p in train} & {scene_key(p) for p in held}  # not even reordered
+    assert scene_key("a red circle and a blue square bounce") == scene_key(
+        "a blue square and a red circle bounce"
+    )
+    assert scene_key("a red circle bounces") != scene_key("a red circle and a blue square bounce")
 
 
 def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_path):
@@ -180,6 +224,8 @@ def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_
     assert summary["cases"]["windowed_softmax"]["distillation"] is None
     assert 0 < summary["teacher"]["attention_temporal_structure"]["mean_over_blocks"]["beyond_window"] < 1
     assert set(summary["eval_set"][0]) == {"prompt", "seed"}
+    held = {scene_key(e["prompt"]) for e in summary["eval_set"]}
+    assert not held & {scene_key(p) for p in summary["distill_prompts"]}
     written = json.loads((output / "fidelity.json").read_text())
     assert written["cases"].keys() == summary["cases"].keys()
     doc = (output / "fidelity.md").read_text()
@@ -187,8 +233,8 @@ def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_
         assert summary["cases"][name]["case"]["label"] in doc
     assert "## Against the paper" in doc and "Table 7" in doc
     assert (output / "fidelity_scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The document is a pure function of the JSON (only the generation date line may differ).
-    assert markdown(written).split("\n")[3:] == doc.split("\n")[3:]
+    # The document is a pure function of the results (only the generation date line may differ).
+    assert markdown(summary).split("\n")[3:] == doc.split("\n")[3:]
 
     # An interrupted run: one case lost its result; the rerun recomputes only that one.
     (work / "cases" / "tc1.json").unlink()
@@ -211,3 +257,32 @@ def test_fidelity_cli_refuses_bad_options():
     )
     assert result.returncode != 0
     assert "clips must be an integer in [1, 1000]" in result.stderr
+
+
+def test_case_subset_without_long_clips_adds_the_reference(tmp_path):
+    config = FidelityConfig(
+        **{**TINY, "long_clips": 0, "clips": 1},
+        cases=("windowed_softmax",),
+        output=str(tmp_path / "out"),
+        run_dir=str(tmp_path / "run"),
+    )
+    summary = run_fidelity(config, log=lambda _: None)
+    assert list(summary["cases"]) == ["rehyat", "windowed_softmax"]
+    assert (
+        summary["cases"]["windowed_softmax"]["long"] == []
+        and summary["cases"]["rehyat"]["summary"]["long"] == {}
+    )
+    assert "ReHyAt − windowed softmax" in (tmp_path / "out" / "fidelity.md").read_text()
+
+
+def test_distillation_refuses_the_windowed_softmax_baseline():
+    from rehyat.config import ConversionConfig
+    from rehyat.teacher.distillation import distil_on_teacher
+    from rehyat.teacher.model import load_teacher
+
+    teacher = load_teacher()
+    conversion = ConversionConfig(attention=HybridAttentionConfig(variant="windowed_softmax"))
+    with pytest.raises(ValueError, match="no φ to distil"):
+        distil_on_teacher(
+            teacher, conversion, steps=1, prompts=generator_prompts(2), sampling=teacher.config.sampling
+        )

@@ -2,11 +2,11 @@
 
 Counted analytically (:mod:`rehyat.flops`, the profiler's accounting) for two shapes:
 
-- the embedded teacher at the long evaluation length (its tiny frames, 64 tokens each, make φ's MLP
-  the dominant cost: ReHyAt is *more* expensive than softmax there);
+- the embedded teacher at the long evaluation length (at its training length, 16 frames of 64 tokens,
+  φ's MLP outweighs the small softmax and ReHyAt costs more than softmax; at 64 frames it is cheaper);
 - Wan2.1-1.3B at 81 video frames, 480×832 (21 latent frames × 30×52 tokens), where the method is
   meant to run; a case converting ``c`` of the teacher's ``L`` blocks converts
-  ``round(30·c/L)`` of Wan's 30 there.
+  ``round(30·c/L)`` (halves rounded up) of Wan's 30 there.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def attention_share(case: FidelityCase, shape: AttentionShape, teacher_blocks: i
     """All blocks' self-attention FLOPs of ``case`` over the softmax model's, on ``shape``."""
     blocks = case.converted_blocks
     converted = teacher_blocks if blocks is None else min(blocks, teacher_blocks)
-    converted = round(shape.num_blocks * converted / teacher_blocks)
+    converted = int(shape.num_blocks * converted / teacher_blocks + 0.5)  # halves up: 22.5 → 23
     tokens = shape.frames * shape.tokens_per_frame
     softmax = softmax_attention_flops(1, shape.num_heads, tokens, shape.head_dim)
     total = converted * converted_attention_flops(case.attention, shape)

@@ -16,7 +16,47 @@ from typing import Any
 from ..atomic import atomic_write, atomic_write_bytes
 
 WAN = "wan2.1_1.3b_81_frames"
-SIGNIFICANT = 2.0  # |mean paired difference| > 2 standard errors
+EQUIVALENCE_MARGIN_DB = 0.5  # "no difference" needs the whole 95 % interval within ± this
+# Two-sided 95 % Student-t critical values by degrees of freedom (1…30); 1.96 beyond.
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def t_critical(df: int) -> float:
+    """The two-sided 95 % Student-t critical value for ``df`` ≥ 1 degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"df must be an integer ≥ 1; got {df}")
+    return _T95[df - 1] if df <= len(_T95) else 1.96
 
 
 def write_report(summary: dict[str, Any], output: Path) -> list[Path]:
@@ -53,8 +93,9 @@ def paired_difference(
         if len(diffs) > 1
         else None
     )
-    significant = sem is not None and abs(mean) > SIGNIFICANT * sem
-    return {"mean": mean, "sem": sem, "n": len(diffs), "significant": significant}
+    half_width = None if sem is None else t_critical(len(diffs) - 1) * sem  # 95 % interval half-width
+    significant = half_width is not None and abs(mean) > half_width
+    return {"mean": mean, "sem": sem, "n": len(diffs), "half_width": half_width, "significant": significant}
 
 
 def _value(summary: dict[str, Any], case: str, metric: str = "psnr_db", kind: str = "short") -> float | None:
@@ -65,9 +106,21 @@ def _value(summary: dict[str, Any], case: str, metric: str = "psnr_db", kind: st
 def _diff_text(d: dict[str, Any] | None, unit: str = " dB") -> str:
     if d is None:
         return "n/a"
-    sem = "" if d["sem"] is None else f" ± {d['sem']:.2f}"
+    if d["half_width"] is None:
+        return f"{d['mean']:+.2f}{unit} (one clip)"
     star = " (significant)" if d["significant"] else " (within noise)"
-    return f"{d['mean']:+.2f}{sem}{unit}{star}"
+    return f"{d['mean']:+.2f} ± {d['half_width']:.2f}{unit}{star}"
+
+
+def equivalence_verdict(d: dict[str, Any] | None, margin: float = EQUIVALENCE_MARGIN_DB) -> str:
+    """Verdict on an expected *zero* paired difference: its 95 % interval must lie within ± ``margin``."""
+    if d is None:
+        return "not measured"
+    if d["significant"]:
+        return "does not agree"
+    if d["half_width"] is not None and abs(d["mean"]) + d["half_width"] <= margin:
+        return "agrees"
+    return f"no significant difference, but the interval is wider than ±{margin:g} dB"
 
 
 def direction_verdict(d: dict[str, Any] | None) -> str:
@@ -113,8 +166,7 @@ def trends(summary: dict[str, Any]) -> list[dict[str, Any]]:
             verdict = "agrees overall, not step by step"
         add(
             "Larger chunks (Tc) give higher fidelity",
-            "Table 6 (25 blocks, To=1): VBench total 80.97 / 82.08 / 82.17 / 82.48 for Tc = 1 / 2 / 3 / 5; "
-            "the step 1 → 2 is the largest",
+            "Table 6 (25 blocks, To=1): VBench total 80.97 / 82.08 / 82.17 / 82.48 for Tc = 1 / 2 / 3 / 5",
             here,
             verdict,
         )
@@ -128,8 +180,10 @@ def trends(summary: dict[str, Any]) -> list[dict[str, Any]]:
         if later:
             here += "; later steps: " + ", ".join(_diff_text(d) for d in later)
         verdict = direction_verdict(jump)
-        later_big = [
-            d for d in later if d is not None and jump is not None and abs(d["mean"]) >= jump["mean"]
+        later_big = [  # a later step saturation does not allow: significant and as large as the jump
+            d
+            for d in later
+            if d is not None and jump is not None and d["significant"] and abs(d["mean"]) >= jump["mean"]
         ]
         if verdict == "agrees" and later_big:
             verdict = "jump agrees, saturation does not"
@@ -142,12 +196,12 @@ def trends(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     if "non_causal" in cases:
         d, here = both("non_causal", "rehyat")
-        close = d is not None and (not d["significant"] or abs(d["mean"]) < 0.5)
         add(
             "Causal ≈ non-causal",
-            "Table 8 (15 blocks, Tc=3, To=0): VBench total 82.27 causal, 82.35 non-causal",
+            "Table 8 (15 blocks, Tc=3, To=0): VBench total 82.35 causal (4.04 block TFLOPs), "
+            "82.27 non-causal (4.17)",
             "non-causal − causal: " + here,
-            "agrees" if close else "does not agree",
+            equivalence_verdict(d),
         )
 
     if "linear_only" in cases:
@@ -171,7 +225,7 @@ def trends(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     if "uniform_r2" in cases:
         d, here = both("rehyat", "uniform_r2")
-        share = cases["rehyat"].get("attention_flops_share", {}).get(WAN)
+        share = cases.get("rehyat", {}).get("attention_flops_share", {}).get(WAN)
         share_u = cases["uniform_r2"].get("attention_flops_share", {}).get(WAN)
         cost = "" if share is None or share_u is None else f" (at {share_u / share:.1f}× ReHyAt's FLOPs)"
         add(
@@ -255,15 +309,39 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
+def _teacher_facts(summary: dict[str, Any]) -> dict[str, Any]:
+    """Blocks, heads, width, tokens per frame, frame size and sampling steps of the run's teacher."""
+    config = summary["teacher"].get("config", {})
+    dit, clip = config.get("dit", {}), config.get("clip", {})
+    size = clip.get("size", 32)
+    patch = (dit.get("patch_size") or [1, 2, 2])[1]
+    steps = summary["settings"].get("sampling_steps") or config.get("sampling", {}).get("steps", 20)
+    return {
+        "blocks": dit.get("num_layers", "?"),
+        "heads": dit.get("num_heads", "?"),
+        "head_dim": dit.get("dim", 0) // max(dit.get("num_heads", 1), 1),
+        "tokens": (size // 2 // patch) ** 2,
+        "size": size,
+        "steps": steps,
+    }
+
+
+def _percent(structure: dict[str, Any], key: str) -> str:
+    return _fmt(100 * structure[key], 1) if key in structure else "–"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The fidelity document (``docs/fidelity.md``)."""
     cases = summary["cases"]
     settings = summary["settings"]
     teacher = summary["teacher"]
+    facts = _teacher_facts(summary)
     training = teacher.get("training", {})
-    structure = teacher.get("attention_temporal_structure", {}).get("mean_over_blocks", {})
+    temporal = teacher.get("attention_temporal_structure", {})
+    structure = temporal.get("mean_over_blocks", {})
     content = teacher.get("content", {})
     short, long = summary["training_frames"], summary["long_frames"]
+    wan_blocks = summary.get("cost_shapes", {}).get(WAN, {}).get("num_blocks", 30)
     lines = [
         "# Fidelity: ReHyAt configurations and baselines against the softmax teacher",
         "",
@@ -273,44 +351,44 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "## What is measured",
         "",
-        f"- **Teacher**: the embedded Wan2.1-architecture DiT (`rehyat/assets`, trained "
-        f"{training.get('steps_done', '?')} of {training.get('steps_scheduled', '?')} scheduled steps) — a "
-        "small "
-        f"model on {short}-frame 32×32 clips of moving shapes, not Wan2.1 itself.",
+        f"- **Teacher**: the embedded Wan2.1-architecture DiT (`rehyat/assets`; {facts['blocks']} blocks, "
+        f"{facts['heads']} head(s) × {facts['head_dim']}, {facts['tokens']} tokens per frame; trained "
+        f"{training.get('steps_done', '?')} of {training.get('steps_scheduled', '?')} scheduled steps) on "
+        f"{short}-frame {facts['size']}×{facts['size']} clips of moving shapes — not Wan2.1 itself.",
         f"- **Same budget for every case**: φ distilled for {settings['distill_steps']} steps on "
         f"{settings['distill_prompts']} generator prompts ({settings['distill_trajectory_steps']}-step "
-        "teacher trajectories, one captured forward per step); the windowed-softmax baseline has no φ.",
-        f"- **Held out**: {len(summary['eval_set'])} prompts never used in distillation, each with its own "
-        f"noise seed; every case and the teacher generate from the same prompt and seed "
-        f"({settings['sampling_steps'] or 20} Euler steps, the teacher's guidance). "
-        f"The first {settings['long_clips']} also at {long} frames ({settings['long_factor']}× the training "
-        "length).",
+        "teacher trajectories, one captured forward per step, one φ initialisation seed); the "
+        "windowed-softmax baseline has no φ.",
+        f"- **Held out**: {len(summary['eval_set'])} prompts whose scenes the distillation never saw (also "
+        "not as the same shapes in another order), each with its own noise seed; every case and the "
+        f"teacher generate from the same prompt and seed ({facts['steps']} Euler steps, the teacher's "
+        f"guidance). The first {settings['long_clips']} also at {long} frames ({settings['long_factor']}× "
+        "the training length).",
         "- **Against the teacher**: PSNR of the [0, 1] RGB clips; cosine of the clips' RGB (black = 0, so "
-        "the "
-        "shapes dominate); flicker ratio = mean frame-to-frame change over the teacher's (1 = as steady); "
-        "seam "
-        "ratio = mean per-frame error on the two frames around each chunk boundary over the error elsewhere "
-        "(> 1: errors gather at chunk seams; computed on the Tc grid of the case, Tc = 3 for the baselines).",
+        "the shapes dominate); flicker ratio = mean frame-to-frame change over the teacher's (1 = as "
+        "steady); seam ratio = mean per-frame error on the two frames around each chunk boundary over the "
+        "error elsewhere (> 1: errors gather at chunk seams; on the case's Tc grid, Tc = 3 for the "
+        "baselines; none for Tc = 1, where every frame is a boundary).",
         "- **Against the generator's ground truth** (long clips): *shapes found* = share of (frame, colour "
-        "named "
-        "in the prompt) pairs where a colour detector finds that colour; *motion plausible* = share of "
-        "consecutive detections that move ≤ 2× the generator's top speed.",
-        "- Values are mean ± standard error over clips. Differences between cases are *paired* (same prompt, "
-        f"seed and teacher clip) and called significant above {SIGNIFICANT:g} standard errors.",
+        "named in the prompt) pairs where a colour detector finds that colour; *motion plausible* = share "
+        "of consecutive detections that move ≤ 2× the generator's top speed.",
+        "- **Statistics**: table cells are mean ± standard error over clips. A difference between two cases "
+        "is *paired* (same prompt, seed and teacher clip) and shown as mean ± the half-width of its 95 % "
+        "Student-t interval; *significant* when that interval excludes 0. Each verdict is one such test "
+        "(no correction for the ~10 of them), and each case is one distillation run, so run-to-run "
+        'training noise is not in the interval. "Causal ≈ non-causal" agrees only when the whole '
+        f"interval lies within ±{EQUIVALENCE_MARGIN_DB:g} dB. Verdicts use PSNR at {short} frames.",
         "- **Cost**: self-attention FLOPs of all blocks as a share of softmax's, counted analytically "
-        "(`rehyat.flops`), for Wan2.1-1.3B at 81 frames 480×832 (where the method is meant to run; a case "
-        "converting c of the teacher's 4 blocks converts 30·c/4 of Wan's 30) and for the teacher's own "
-        "long clips (64 tokens per frame: φ's MLP costs more than the tiny softmax there).",
+        f"(`rehyat.flops`), for Wan2.1-1.3B at 81 frames 480×832 (where the method is meant to run; a case "
+        f"converting c of the teacher's {facts['blocks']} blocks converts round({wan_blocks}·c/"
+        f"{facts['blocks']}) of Wan's {wan_blocks}) and for the teacher's own {long}-frame clips.",
         "",
         "## The teacher",
         "",
         f"- Softmax attention mass on key frames ≥ Tc + To = 4 frames from the query (mean over blocks, "
-        f"{structure and teacher['attention_temporal_structure'].get('frames', short)}-frame noised clips): "
-        f"**{_fmt(100 * structure['beyond_window'], 1) if structure else '–'}%**; on past frames outside "
-        "ReHyAt's softmax window: "
-        f"{_fmt(100 * structure['past_outside_softmax'], 1) if structure else '–'}%; "
-        f"on future frames a causal conversion drops: "
-        f"{_fmt(100 * structure['future_outside_chunk'], 1) if structure else '–'}%.",
+        f"{temporal.get('frames', short)}-frame noised clips): **{_percent(structure, 'beyond_window')}%**; "
+        f"on past frames outside ReHyAt's softmax window: {_percent(structure, 'past_outside_softmax')}%; "
+        f"on future frames a causal conversion drops: {_percent(structure, 'future_outside_chunk')}%.",
         f"- Its own {long}-frame clips: shapes found {_fmt(content.get('shapes_found', {}).get('mean'))}, "
         f"motion plausible {_fmt(content.get('motion_plausible', {}).get('mean'))}, spurious colours "
         f"{_fmt(content.get('spurious', {}).get('mean'))} (share of frames).",
@@ -333,19 +411,17 @@ def markdown(summary: dict[str, Any]) -> str:
         "![attention FLOPs share against PSNR](fidelity_scatter.png)",
         "",
         "Each point is a case: its self-attention FLOPs share on Wan2.1-1.3B at 81 frames (x) against its "
-        "PSNR "
-        f"to the teacher at {short} and {long} frames (y), like the paper's Fig. 5.",
+        f"PSNR to the teacher at {short} and {long} frames (y), like the paper's Fig. 5.",
         "",
         "## Reading it honestly",
         "",
-        "- The teacher is tiny (4 blocks, one 128-wide head, 64 tokens per frame) and trained on simple "
-        "synthetic motion; trends that depend on rich long-range content may not show on it. Where the "
-        "verdict "
-        'above says "does not agree", that is what this model measured — not a claim about Wan2.1.',
+        f"- The teacher is tiny ({facts['blocks']} blocks, {facts['heads']} head(s) × {facts['head_dim']}, "
+        f"{facts['tokens']} tokens per frame) and trained on simple synthetic motion; trends that depend "
+        'on rich long-range content may not show on it. Where a verdict above says "does not agree", '
+        "that is what this model measured — not a claim about Wan2.1.",
         "- The distillation budget is small and the same for all cases; more steps would raise every "
         "distilled case. PSNR against a sampler's output compounds small per-step differences over "
-        f"{settings['sampling_steps'] or 20} steps, so absolute values are low; the paired differences are "
-        "what compares cases.",
+        f"{facts['steps']} steps, so absolute values are low; the paired differences compare cases.",
         "- Nothing here was measured on a GPU; FLOPs are analytic counts, not timings.",
         "",
     ]

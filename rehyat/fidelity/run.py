@@ -101,13 +101,14 @@ class FidelityConfig:
     def identity(self) -> dict[str, Any]:
         """The settings every stored result depends on (a resumed run must share them)."""
         data = asdict(self)
-        for key in ("cases", "output", "run_dir", "grid"):
+        for key in ("cases", "output", "run_dir", "grid", "teacher_dir"):  # the teacher: by fingerprint
             data.pop(key)
         return data
 
 
 def selected_cases(config: FidelityConfig, num_blocks: int) -> list[FidelityCase]:
-    """The cases to run, in order (the reference first when a fine-tuned case reuses its φ)."""
+    """The cases to run, in order; the reference is always among them (every verdict pairs against it,
+    and the fine-tuned case starts from its φ)."""
     cases = grid(config.grid, num_blocks)
     if config.cases is None:
         return cases
@@ -117,9 +118,7 @@ def selected_cases(config: FidelityConfig, num_blocks: int) -> list[FidelityCase
         raise ValueError(
             f"cases: unknown case(s) {unknown} in the {config.grid} grid; choose from {sorted(names)}"
         )
-    wanted = set(config.cases)
-    if any(c.finetune for c in cases if c.name in wanted):
-        wanted.add("rehyat")
+    wanted = set(config.cases) | {"rehyat"}  # every comparison is paired against the reference
     return [c for c in cases if c.name in wanted]
 
 
@@ -128,6 +127,8 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
     from .report import write_report
 
     teacher = load_teacher(config.teacher_dir)
+    num_blocks = teacher.config.dit.num_layers
+    cases = selected_cases(config, num_blocks)  # validates the names before anything is written
     work = config.work_dir
     _check_settings(work, config, teacher)
     sampling = teacher.config.sampling
@@ -136,10 +137,8 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
     train_frames = teacher.config.clip.frames
     long_frames = config.long_factor * train_frames
     distill_prompts = generator_prompts(config.distill_prompts)
-    eval_prompts = generator_prompts(config.clips, first_seed=config.eval_seed, exclude=set(distill_prompts))
+    eval_prompts = generator_prompts(config.clips, first_seed=config.eval_seed, exclude=distill_prompts)
     eval_set = [(p, config.eval_seed + i) for i, p in enumerate(eval_prompts)]
-    num_blocks = teacher.config.dit.num_layers
-    cases = selected_cases(config, num_blocks)
     log(
         f"fidelity: {len(cases)} cases, {config.clips} held-out clips of {train_frames} frames "
         f"and {config.long_clips} of {long_frames}, work folder {work}"
@@ -242,8 +241,12 @@ def _teacher_clips(teacher, work, eval_set, train_frames, long_frames, config, s
 def _run_case(case, teacher, teacher_clips, work, eval_set, config, sampling, distill_prompts, log) -> dict:
     path = work / "cases" / f"{case.name}.json"
     if path.is_file():
-        log(f"  {case.name}: done earlier ({path})")
-        return json.loads(path.read_text(encoding="utf-8"))
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if _definition(stored.get("case", {})) == _definition(case.to_dict()):
+            log(f"  {case.name}: done earlier ({path})")
+            stored["case"] = case.to_dict()  # labels may have been reworded since
+            return stored
+        log(f"  {case.name}: the stored result is for another definition of this case: recomputing")
     started = time.perf_counter()
     student = copy.deepcopy(teacher)
     num_blocks = teacher.config.dit.num_layers
@@ -306,10 +309,15 @@ def _run_case(case, teacher, teacher_clips, work, eval_set, config, sampling, di
     atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
     s = record["summary"]
     log(
-        f"  {case.name}: PSNR {_fmt(s['short']['psnr_db']['mean'])} dB at {train_frames} frames, "
-        f"{_fmt(s['long']['psnr_db']['mean'])} dB at {config.long_factor * train_frames}"
+        f"  {case.name}: PSNR {_fmt(_mean_of(s, 'short'))} dB at {train_frames} frames, "
+        f"{_fmt(_mean_of(s, 'long'))} dB at {config.long_factor * train_frames}"
     )
     return record
+
+
+def _definition(case: dict[str, Any]) -> dict[str, Any]:
+    """What a case's stored result depends on (everything but its display label)."""
+    return {k: v for k, v in case.items() if k != "label"}
 
 
 def summarise(record: dict[str, Any]) -> dict[str, Any]:
@@ -334,6 +342,10 @@ def _teacher_content(teacher_clips: dict, eval_set) -> dict[str, Any]:
     }
     summary["temporal_flicker"] = clip_metrics.mean_and_sem(flicker)
     return summary
+
+
+def _mean_of(summary: dict[str, Any], kind: str, metric: str = "psnr_db") -> float | None:
+    return summary.get(kind, {}).get(metric, {}).get("mean")
 
 
 def _fmt(value: float | None) -> str:

@@ -350,7 +350,7 @@ def patch_diffusers_wan(
     num_blocks = len(model.blocks)
     blocks = config.resolve_blocks(num_blocks)
     if forward_mode == "recurrent":
-        check_recurrent_capable(blocks, num_blocks, config.attention.causal)
+        check_recurrent_capable(blocks, num_blocks, config.attention.causal, config.attention.variant)
         if "forward" in model.__dict__:
             raise ValueError(
                 "model.forward is already overridden (e.g. by an accelerate/diffusers offloading or caching "
@@ -431,13 +431,14 @@ def _check_feature_maps(
                 f"{heads} × {head_dim}"
             )
         got = module.config
-        if (got.chunk_frames, got.overlap_frames, got.causal) != (
-            want.chunk_frames, want.overlap_frames, want.causal
+        if (got.chunk_frames, got.overlap_frames, got.causal, got.variant, got.rate) != (
+            want.chunk_frames, want.overlap_frames, want.causal, want.variant, want.rate
         ):
             raise ValueError(
                 f"feature_maps[{index}] uses chunk_frames={got.chunk_frames}, overlap_frames="
-                f"{got.overlap_frames}, causal={got.causal} but config.attention has {want.chunk_frames}, "
-                f"{want.overlap_frames}, {want.causal}"
+                f"{got.overlap_frames}, causal={got.causal}, variant={got.variant!r}, rate={got.rate} but "
+                f"config.attention has {want.chunk_frames}, {want.overlap_frames}, {want.causal}, "
+                f"{want.variant!r}, {want.rate}"
             )
 
 

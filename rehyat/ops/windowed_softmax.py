@@ -42,6 +42,8 @@ def windowed_softmax_attention_naive(
     """Reference: dense fp64 logits with a ``(N, N)`` window mask."""
     check_qkv(q, k, v)
     frames = check_frames(q.shape[2], tokens_per_frame)
+    check_positive_int("chunk_frames", chunk_frames)
+    check_positive_int("overlap_frames", overlap_frames, low=0)
     p, d = tokens_per_frame, q.shape[-1]
     scale = d**-0.5 if scale is None else scale
     key_frame = torch.arange(frames * p, device=q.device) // p

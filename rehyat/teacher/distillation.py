@@ -7,7 +7,7 @@ forward is captured and each converted block's φ learns to match its softmax ou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -18,21 +18,33 @@ from .model import SamplingConfig, Teacher
 from .shapes import generate_clip
 
 
-def generator_prompts(
-    count: int, first_seed: int = 0, exclude: set[str] | frozenset[str] = frozenset()
-) -> list[str]:
+def scene_key(prompt: str) -> tuple[frozenset[str], str]:
+    """A prompt's scene regardless of word order: (its "a <colour> <shape>" phrases, its verb).
+
+    "a red circle and a blue square bounce" and "a blue square and a red circle bounce" are one scene.
+    """
+    words = prompt.lower().split()
+    verb = words[-1] if words else ""
+    shapes = " ".join(words[:-1]).split(" and ")
+    return frozenset(s.strip() for s in shapes if s.strip()), verb
+
+
+def generator_prompts(count: int, first_seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
     """``count`` distinct prompts of the clip generator, from seeds ``first_seed, first_seed+1, …``.
 
-    Prompts in ``exclude`` are skipped (held-out evaluation prompts never seen in distillation).
+    Prompts are read from each seed's first frame (so they say "bounce", never "collide", which needs
+    the whole clip). A prompt whose scene (:func:`scene_key`) is that of a prompt in ``exclude`` is
+    skipped: held-out evaluation prompts never show a scene seen in distillation.
     """
     require_int("count", count, low=1, high=10_000)
+    excluded = {scene_key(p) for p in exclude}
     prompts: list[str] = []
     seed = first_seed
     while len(prompts) < count:
         if seed - first_seed > 100_000:
             raise ValueError(f"the generator has fewer than {count} distinct prompts outside those excluded")
         prompt = generate_clip(seed, frames=1).prompt
-        if prompt not in prompts and prompt not in exclude:
+        if prompt not in prompts and scene_key(prompt) not in excluded:
             prompts.append(prompt)
         seed += 1
     return prompts
