@@ -109,7 +109,8 @@ def _diff_text(d: dict[str, Any] | None, unit: str = " dB") -> str:
     if d["half_width"] is None:
         return f"{d['mean']:+.2f}{unit} (one clip)"
     star = " (significant)" if d["significant"] else " (within noise)"
-    return f"{d['mean']:+.2f} ± {d['half_width']:.2f}{unit}{star}"
+    digits = 2 if f"{abs(d['mean']):.2f}" != f"{d['half_width']:.2f}" else 3  # never print "x ± x"
+    return f"{d['mean']:+.{digits}f} ± {d['half_width']:.{digits}f}{unit}{star}"
 
 
 def equivalence_verdict(d: dict[str, Any] | None, margin: float = EQUIVALENCE_MARGIN_DB) -> str:
@@ -256,11 +257,23 @@ def trends(summary: dict[str, Any]) -> list[dict[str, Any]]:
     if "finetuned" in cases:
         d, here = both("finetuned", "rehyat")
         seams = [_value(summary, name, metric="seam_ratio") for name in ("rehyat", "finetuned")]
+        found = paired_difference(summary, "finetuned", "rehyat", metric="shapes_found", kind="long")
+        teacher_found = summary["teacher"].get("content", {}).get("shapes_found", {}).get("mean")
+        shapes = (
+            ""
+            if found is None
+            else (
+                f"; shapes found at {summary['long_frames']} frames: {_diff_text(found, unit='')} "
+                f"(distilled {_fmt(_value(summary, 'rehyat', 'shapes_found', 'long'))}, fine-tuned "
+                f"{_fmt(_value(summary, 'finetuned', 'shapes_found', 'long'))}, "
+                f"teacher {_fmt(teacher_found)})"
+            )
+        )
         add(
             "Fine-tuning (stage 2) improves on distillation alone",
             "§3.4.2: a short flow-matching fine-tune recovers quality lost in distillation, notably the "
             "smoothness between chunks",
-            f"fine-tuned − distilled: {here}; seam ratio {_fmt(seams[0])} → {_fmt(seams[1])}",
+            f"fine-tuned − distilled: {here}; seam ratio {_fmt(seams[0])} → {_fmt(seams[1])}{shapes}",
             direction_verdict(d),
         )
     return out

@@ -130,7 +130,6 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
     num_blocks = teacher.config.dit.num_layers
     cases = selected_cases(config, num_blocks)  # validates the names before anything is written
     work = config.work_dir
-    _check_settings(work, config, teacher)
     sampling = teacher.config.sampling
     if config.sampling_steps is not None:
         sampling = replace(sampling, steps=config.sampling_steps)
@@ -139,6 +138,8 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
     distill_prompts = generator_prompts(config.distill_prompts)
     eval_prompts = generator_prompts(config.clips, first_seed=config.eval_seed, exclude=distill_prompts)
     eval_set = [(p, config.eval_seed + i) for i, p in enumerate(eval_prompts)]
+    # The prompts are part of what every stored result depends on (the generator could change).
+    _check_settings(work, config, teacher, {"distill_prompts": distill_prompts, "eval_prompts": eval_prompts})
     log(
         f"fidelity: {len(cases)} cases, {config.clips} held-out clips of {train_frames} frames "
         f"and {config.long_clips} of {long_frames}, work folder {work}"
@@ -193,8 +194,8 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
 # --- steps ---------------------------------------------------------------------------------------
 
 
-def _check_settings(work: Path, config: FidelityConfig, teacher: Teacher) -> None:
-    identity = {**config.identity(), "teacher_fingerprint": _teacher_fingerprint(teacher)}
+def _check_settings(work: Path, config: FidelityConfig, teacher: Teacher, derived: dict[str, Any]) -> None:
+    identity = {**config.identity(), "teacher_fingerprint": _teacher_fingerprint(teacher), **derived}
     path = work / SETTINGS_FILE
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
