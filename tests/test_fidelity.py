@@ -286,3 +286,14 @@ def test_distillation_refuses_the_windowed_softmax_baseline():
         distil_on_teacher(
             teacher, conversion, steps=1, prompts=generator_prompts(2), sampling=teacher.config.sampling
         )
+
+
+def test_committed_fidelity_doc_matches_its_json():
+    """docs/fidelity.md is what the report code makes of docs/fidelity.json (regenerated, not hand-edited)."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    summary = json.loads((docs / "fidelity.json").read_text(encoding="utf-8"))
+    doc = (docs / "fidelity.md").read_text(encoding="utf-8")
+    assert markdown(summary).split("\n")[3:] == doc.split("\n")[3:]
+    assert summary["settings"]["grid"] == "full" and len(summary["cases"]) == len(full_grid(4))
