@@ -99,13 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
     from rehyat.training.options import DistillOptions, TeacherSampling
     from rehyat.training.student import BlockStudent
     from rehyat.training.wandit_teacher import WanDiTTeacher
+    from rehyat.video_latent import video_latent_shape
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     config = WanDiTConfig(dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers)
     model = WanDiT(config).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    latent = (config.in_dim, (args.length - 1) // 4 + 1, args.height // 8, args.width // 8)
+    latent = video_latent_shape(args.length, args.height, args.width, config.in_dim, exact=False)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randn(args.context, config.text_dim, generator=gen) * 0.1 for _ in range(2)]
     negative = torch.randn(args.context, config.text_dim, generator=gen) * 0.1

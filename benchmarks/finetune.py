@@ -56,8 +56,8 @@ def run_case(trainable: str, checkpointing: bool, args: argparse.Namespace) -> d
     from rehyat.models.wan import WanDiT, WanDiTConfig
     from rehyat.models.wan_rehyat import convert
     from rehyat.training.dataset import LatentDataset
-    from rehyat.training.dataset_build import video_latent_shape
     from rehyat.training.finetune import FinetuneConfig, finetune
+    from rehyat.video_latent import video_latent_shape
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -126,8 +126,11 @@ def analytic_estimate(frames: int = 81, height: int = 320, width: int = 480, *, 
     the cross-attention over ``text_tokens`` at 4·keys·d; the linear-attention part and the
     embeddings are < 2 % and left out. Training = 3 × forward (4 × with gradient checkpointing).
     """
+    sys.path.insert(0, str(ROOT))
+    from rehyat.video_latent import video_latent_shape
+
     d, ffn, blocks = 1536, 8960, WAN_1_3B_BLOCKS
-    _, t, h, w = (16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    _, t, h, w = video_latent_shape(frames, height, width, exact=False)
     per_frame = (h // 2) * (w // 2)
     tokens = t * per_frame
     window = min(4, t) * per_frame

@@ -40,10 +40,10 @@ from typing import Any
 from dit import _peak_mib, _reset_peak, _rss_mib  # benchmarks/dit.py: per-process memory helpers
 
 from rehyat.atomic import atomic_write_bytes
+from rehyat.video_latent import latent_frame_count, video_latent_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("streaming", "sweep", "softmax", "windows")
-VAE_STRIDE = (4, 8, 8)  # Wan2.1 VAE: 4× in time (plus the first frame), 8× in space
 PATCH = 2  # Wan2.1 patches 2×2 latent pixels into one token
 
 
@@ -68,7 +68,7 @@ class Setup:
 
     @property
     def latent_hw(self) -> tuple[int, int]:
-        return self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2]
+        return video_latent_shape(1, self.height, self.width, exact=False)[2:]
 
     @property
     def tokens_per_frame(self) -> int:
@@ -78,11 +78,6 @@ class Setup:
 
 TINY = Setup(dim=128, ffn_dim=256, layers=2, height=32, width=48, text_len=8, steps=2, cfg=5.0,
              window_frames=9, window_overlap=4)
-
-
-def latent_frames(video_frames: int) -> int:
-    """Latent frames of a Wan2.1 clip of ``video_frames`` (1 + 4k) video frames."""
-    return (video_frames - 1) // VAE_STRIDE[0] + 1
 
 
 # ----------------------------------------------------------------------------------- child process
@@ -157,7 +152,7 @@ def run_case(case: str, video_frames: int, setup: Setup) -> dict:
     """Warm up, then time one sampling run in this process; returns its figures."""
     runner = _Case(case, setup)
     torch = runner.torch
-    frames = latent_frames(video_frames)
+    frames = latent_frame_count(video_frames)
     with torch.inference_mode():
         runner.sample(1, 1)  # warm-up: weights resident, kernels and allocator initialised
         gc.collect()

@@ -20,6 +20,8 @@ from ..rehyat.metrics import (
     ssim_per_frame,
     temporal_flicker,
 )
+from ..rehyat.video_latent import WAN_TIME_STRIDE
+from .conversion_widgets import chunk_frames_input
 
 STATS_KEY = "rehyat_stats"
 """LATENT dict key where the sampler nodes leave their run's figures (pinned)."""
@@ -127,9 +129,8 @@ class ReHyAtCompare(io.ComfyNode):
                                tooltip="Clip to compare (e.g. ReHyAt): same frame count and size."),
                 io.String.Input("label_a", default="Wan2.1", tooltip="Label drawn above the left clip."),
                 io.String.Input("label_b", default="ReHyAt", tooltip="Label drawn above the right clip."),
-                io.Int.Input("chunk_frames", default=3, min=1, max=1000,
-                             tooltip="Tc of the ReHyAt run, in latent frames: where the chunk seams are."),
-                io.Int.Input("temporal_factor", default=4, min=1, max=64,
+                chunk_frames_input("The compared ReHyAt run's ", " Here: where its chunk seams are."),
+                io.Int.Input("temporal_factor", default=WAN_TIME_STRIDE, min=1, max=64,
                              tooltip="Video frames per latent frame of the VAE (Wan: 4; latent frame 0 is "
                                      "video frame 0, latent frame j ≥ 1 is video frames 4j−3…4j)."),
                 io.Latent.Input("latent_a", optional=True,

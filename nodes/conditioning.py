@@ -10,7 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..rehyat.conditioning_io import ConditioningObject, load_conditioning, save_conditioning
-from .folders import CONDITIONING_FOLDER, conditioning_file_choices, file_path, save_path
+from .folders import CONDITIONING_FOLDER, conditioning_file_choices, file_path, save_numbered
 
 LOG = logging.getLogger("ReHyAt")
 
@@ -65,11 +65,13 @@ class ReHyAtSaveConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, filename_prefix) -> io.NodeOutput:
         """Write the file atomically and report its name."""
-        path = save_path(CONDITIONING_FOLDER, filename_prefix)
-        try:
-            save_conditioning(path, conditioning)
-        except ValueError as err:
-            raise ValueError(f"conditioning: {err}") from None
+        def save(path):
+            try:
+                return save_conditioning(path, conditioning, replace=False)
+            except ValueError as err:
+                raise ValueError(f"conditioning: {err}") from None
+
+        path = save_numbered(CONDITIONING_FOLDER, filename_prefix, save)
         folder = os.path.abspath(folder_paths.get_folder_paths(CONDITIONING_FOLDER)[0])
         relative = os.path.relpath(path, folder).replace(os.sep, "/")
         LOG.info("ReHyAt: saved conditioning to %s", path)

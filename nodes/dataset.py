@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..rehyat.training.dataset import LatentDataset
 from ..rehyat.training.dataset_build import WAN21_DATASET_MODEL, conditioning_tensor
 from ..rehyat.training.runs import validate_run_name
+from ..rehyat.video_latent import WAN_TIME_STRIDE
 
 DATASETS_FOLDER = "rehyat_datasets"
 """Datasets live in ``<ComfyUI models>/rehyat_datasets/<dataset_name>/``."""
@@ -111,7 +112,7 @@ class ReHyAtMakeDataset(io.ComfyNode):
             if vae is None:
                 raise ValueError("vae: connect the Wan2.1 VAE to encode 'images'")
             frames = images.shape[0]
-            if (frames - 1) % 4:
+            if (frames - 1) % WAN_TIME_STRIDE:
                 raise ValueError(f"images: the Wan VAE needs 1+4k frames (e.g. 17, 81); got {frames}")
             raw, source = vae.encode(images[:, :, :, :3]), "video"
         else:

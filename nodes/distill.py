@@ -7,13 +7,15 @@ import json
 import torch
 from comfy_api.latest import io
 
-from ..rehyat.config import PLACEMENTS, ConversionConfig, FeatureMapConfig, HybridAttentionConfig
+from ..rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
 from ..rehyat.integrations.comfyui_capture import ComfyWanTeacher
 from ..rehyat.training.distill import DistillCancelled, Distiller, run_distillation, run_identity
 from ..rehyat.training.options import DistillOptions, TeacherSampling
 from ..rehyat.training.report import format_report
 from ..rehyat.training.runs import RunFolder, tensors_digest, validate_run_name
+from ..rehyat.video_latent import video_latent_shape
 from ..rehyat.weights import load_phi_weights
+from .conversion_widgets import causal_input, chunk_frames_input, overlap_frames_input, placement_input
 from .patch import PHI_TYPE, model_fingerprint
 from .training_common import (
     autograd_enabled,
@@ -182,31 +184,10 @@ class ReHyAtDistill(io.ComfyNode):
                     max=1000,
                     tooltip="blocks to convert and distil (clamped to the model's block count)",
                 ),
-                io.Combo.Input(
-                    "placement",
-                    options=list(PLACEMENTS),
-                    default="last",
-                    tooltip="which blocks: the first, the last, or evenly spaced",
-                ),
-                io.Int.Input(
-                    "chunk_frames",
-                    default=_ATTENTION.chunk_frames,
-                    min=1,
-                    max=1000,
-                    tooltip="Tc: latent frames per chunk (paper: 3)",
-                ),
-                io.Int.Input(
-                    "overlap_frames",
-                    default=_ATTENTION.overlap_frames,
-                    min=0,
-                    max=1000,
-                    tooltip="To: earlier frames each chunk also sees with softmax (paper: 1)",
-                ),
-                io.Boolean.Input(
-                    "causal",
-                    default=_ATTENTION.causal,
-                    tooltip="causal linear attention (needed for recurrent generation)",
-                ),
+                placement_input(),
+                chunk_frames_input(),
+                overlap_frames_input(),
+                causal_input(),
                 io.Int.Input(
                     "phi_hidden_dim",
                     default=_PHI.hidden_dim,
@@ -306,7 +287,7 @@ class ReHyAtDistill(io.ComfyNode):
             query_chunk_fraction=query_chunk_fraction,
         )
         channels = model.get_model_object("latent_format").latent_channels
-        latent_shape = (channels, (length - 1) // 4 + 1, height // 8, width // 8)
+        latent_shape = video_latent_shape(length, height, width, channels, exact=False)
         sample_fn = _sampler(conditionings, negative_cond, latent_shape, steps, cfg, sampler_name, scheduler)
         digest = tensors_digest([c[0][0] for c in conditionings] + [negative_cond[0][0]])
         teacher = ComfyWanTeacher(

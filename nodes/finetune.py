@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 
 import torch
 from comfy_api.latest import io
 
+from ..rehyat.atomic import atomic_save_file, create_file_group
 from ..rehyat.integrations.comfyui_wan import (
     ATTACHMENT_KEY,
     DIFFUSION_MODEL_WRAPPER,
@@ -31,7 +31,6 @@ from ..rehyat.training.lora import comfy_lora_state_dict, detach_lora
 from ..rehyat.training.runs import RunFolder, validate_run_name
 from ..rehyat.training.trainable import TRAINABLE_SETS
 from ..rehyat.weights import fingerprint_module, save_phi_weights
-from ..rehyat.weights.atomic import atomic_save_file
 from .dataset import dataset_path
 from .folders import register_rehyat_folder
 from .patch import model_fingerprint
@@ -279,28 +278,38 @@ class ReHyAtFinetune(io.ComfyNode):
                     "dataset_samples": len(dataset),
                     "resumed_from": result.resumed_from,
                 }
-                stem = _free_stem(folder_paths, f"{output_name}_s{result.step}")
-                files, out_model = {}, None
+                out_model, metadata = None, {"training": json.dumps(info)}
                 if output == "lora":
                     lora_sd = comfy_lora_state_dict(wan)
-                    lora_path = _new_file(
-                        folder_paths.get_folder_paths("loras")[0], stem + "_lora.safetensors"
+                    weights = (
+                        "lora",
+                        folder_paths.get_folder_paths("loras")[0],
+                        "_lora.safetensors",
+                        lambda p: atomic_save_file(lora_sd, metadata, p, replace=False),
                     )
-                    files["lora"] = str(atomic_save_file(lora_sd, {"training": json.dumps(info)}, lora_path))
                     fingerprint = base_fingerprint
                 else:
                     full_sd = base_state_dict(wan)
-                    full_path = _new_file(
-                        folder_paths.get_folder_paths("diffusion_models")[0], stem + ".safetensors"
+                    weights = (
+                        "full",
+                        folder_paths.get_folder_paths("diffusion_models")[0],
+                        ".safetensors",
+                        lambda p: atomic_save_file(full_sd, metadata, p, replace=False),
                     )
-                    files["full"] = str(atomic_save_file(full_sd, {"training": json.dumps(info)}, full_path))
                     fingerprint = fingerprint_module(wan, "wan", num_layers=len(wan.blocks))
-                phi_path = _new_file(register_rehyat_folder(), stem + "_phi.safetensors")
-                files["phi"] = str(
-                    save_phi_weights(
-                        phi_path, hybrid, patch.config, comfy_base_info(model), fingerprint, training=info
-                    )
+                phi = (
+                    "phi",
+                    register_rehyat_folder(),
+                    "_phi.safetensors",
+                    lambda p: save_phi_weights(
+                        p, hybrid, patch.config, comfy_base_info(model), fingerprint, training=info,
+                        replace=False,
+                    ),
                 )
+                saved = create_file_group(  # a new stem, race-free: never overwrites a file
+                    f"{output_name}_s{result.step}", [item[1:] for item in (weights, phi)]
+                )
+                files = {item[0]: str(path) for item, path in zip((weights, phi), saved, strict=True)}
             finally:
                 detach_lora(wan)
                 with torch.no_grad():  # the shared model gets its own weights back
@@ -363,33 +372,6 @@ def _autograd_ready(module: torch.nn.Module) -> None:
         for name, buf in list(sub.named_buffers(recurse=False)):
             if buf is not None and buf.is_inference():
                 sub._buffers[name] = buf.clone()
-
-
-def _output_paths(folder_paths, stem: str) -> list[str]:
-    return [
-        os.path.join(folder_paths.get_folder_paths("loras")[0], stem + "_lora.safetensors"),
-        os.path.join(folder_paths.get_folder_paths("diffusion_models")[0], stem + ".safetensors"),
-        os.path.join(register_rehyat_folder(), stem + "_phi.safetensors"),
-    ]
-
-
-def _free_stem(folder_paths, stem: str) -> str:
-    """``stem``, or ``stem_01``, ``stem_02`` … — the first whose output files do not exist yet."""
-    candidate, counter = stem, 0
-    while any(os.path.exists(p) for p in _output_paths(folder_paths, candidate)):
-        counter += 1
-        candidate = f"{stem}_{counter:02d}"
-    return candidate
-
-
-def _new_file(folder: str, name: str) -> str:
-    path = os.path.join(folder, name)
-    if os.path.exists(path):
-        raise FileExistsError(
-            f"output_name: {path} already exists (never overwritten): choose another output_name"
-        )
-    os.makedirs(folder, exist_ok=True)
-    return path
 
 
 NODES = [ReHyAtFinetune]

@@ -9,11 +9,13 @@ sub-folders and files inside it are followed, as ComfyUI does for its own model 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import folder_paths
 
-from ..rehyat.weights import check_relative_name, resolve_in_folder
+from ..rehyat.atomic import create_numbered
+from ..rehyat.weights import check_name_length, check_relative_name, resolve_in_folder
 
 FOLDER_NAME = "rehyat"
 CONDITIONING_FOLDER = "rehyat_conditioning"
@@ -72,11 +74,18 @@ def file_path(folder_name: str, name: str, parameter: str) -> Path:
     raise ValueError(f"{parameter} {name!r} not found in {folders} (refresh the node's list?)")
 
 
-def save_path(folder_name: str, filename_prefix: str, parameter: str = "filename_prefix") -> Path:
-    """A new, numbered ``.safetensors`` path for ``filename_prefix`` in the default ``folder_name`` folder.
+def save_numbered(
+    folder_name: str,
+    filename_prefix: str,
+    create: Callable[[Path], object],
+    parameter: str = "filename_prefix",
+) -> Path:
+    """Save a new numbered ``.safetensors`` file for ``filename_prefix`` in the ``folder_name`` folder.
 
-    Numbering follows ComfyUI's save nodes (``<prefix>_00001_.safetensors``, never overwriting);
-    the prefix may name sub-folders (created) but never leave the folder.
+    Numbering follows ComfyUI's save nodes (``<prefix>_00001_.safetensors``); ``create(path)`` writes
+    the file and must publish without replacing (``replace=False``), so concurrent saves with the same
+    prefix each get their own number and nothing is overwritten (:func:`rehyat.atomic.create_numbered`).
+    The prefix may name sub-folders (created) but never leave the folder. Returns the path written.
     """
     check_relative_name(filename_prefix, parameter)
     folder = os.path.abspath(folder_paths.get_folder_paths(folder_name)[0])
@@ -84,9 +93,13 @@ def save_path(folder_name: str, filename_prefix: str, parameter: str = "filename
         full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, folder)
     except Exception as err:  # ComfyUI raises a bare Exception for an escaping prefix
         raise ValueError(f"{parameter} {filename_prefix!r} is not allowed: {err}") from None
+    check_name_length(f"{filename}_{counter:05}_.safetensors", parameter)
     os.makedirs(full_folder, exist_ok=True)
-    path = Path(full_folder) / f"{filename}_{counter:05}_.safetensors"
-    while path.exists():  # a file of another extension or a race: take the next number
-        counter += 1
-        path = Path(full_folder) / f"{filename}_{counter:05}_.safetensors"
-    return path
+
+    def create_at(path: Path) -> Path:
+        create(path)
+        return path
+
+    return create_numbered(
+        lambda number: Path(full_folder) / f"{filename}_{number:05}_.safetensors", create_at, first=counter
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..rehyat.config import PLACEMENTS, ConversionConfig, FeatureMapConfig, HybridAttentionConfig
+from ..rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig, check_recurrent_capable
 from ..rehyat.integrations.comfyui_wan import (
     FORWARD_MODES,
     build_hybrid_modules,
@@ -21,6 +21,7 @@ from ..rehyat.integrations.comfyui_wan import (
     patch_comfy_wan,
 )
 from ..rehyat.weights import PhiWeights, apply_phi_tensors, check_compatible
+from .conversion_widgets import causal_input, chunk_frames_input, overlap_frames_input, placement_input
 from .folders import phi_file_choices, phi_file_path
 
 LOG = logging.getLogger("ReHyAt")
@@ -31,8 +32,7 @@ PAPER_NUM_BLOCKS = 15
 """Default block count without φ: the paper's lightest setting (15 of Wan2.1-1.3B's 30 blocks)."""
 
 NO_FILE = "(none: untrained φ)"
-_ATTENTION = HybridAttentionConfig()
-_CONVERSION = ConversionConfig()
+_WITHOUT_PHI, _IGNORED = "Without φ: ", " Ignored with a φ."
 UNTRAINED_WARNING = (
     "φ are UNTRAINED (no φ connected): the converted blocks' linear attention is a random feature "
     "map, so quality will be poor — connect a distilled φ (Load φ / Load φ from Hub) for real use"
@@ -88,13 +88,9 @@ def patch_model(model: Any, phi: PhiWeights | None, request: PatchRequest, *,
         hybrid = build_hybrid_modules(wan, config, blocks)
         lines = [UNTRAINED_WARNING + ".", f"Converted: {describe_conversion(config, blocks, total)}."]
         LOG.warning("ReHyAt: %s", UNTRAINED_WARNING)
-    if request.forward_mode == "recurrent" and (len(blocks) != total or not config.attention.causal):
-        raise ValueError(
-            f"forward_mode 'recurrent' runs the whole DiT chunk by chunk, so every block must be converted "
-            f"and causal; this conversion has {len(blocks)} of {total} blocks, causal="
-            f"{config.attention.causal}: convert all {total} blocks with causal on (or a φ made so), or "
-            "use forward_mode 'parallel'"
-        )
+    if request.forward_mode == "recurrent":
+        check_recurrent_capable(blocks, total, config.attention.causal, config.attention.variant,
+                                what="forward_mode 'recurrent'", instead="use forward_mode 'parallel'")
     clone = patch_comfy_wan(model, config, hybrid, forward_mode=request.forward_mode)
     lines.append(f"forward_mode: {request.forward_mode}.")
     text = "\n".join(lines)
@@ -130,25 +126,17 @@ def _ignored_widgets(config: ConversionConfig, blocks: tuple[int, ...], request:
     return ignored
 
 
-def _conversion_inputs(num_blocks_default: int, placement_default: str) -> list[io.Input]:
+def _conversion_inputs(num_blocks_default: int) -> list[io.Input]:
     """Widgets shared by both patch nodes (used only without φ)."""
     return [
         io.Int.Input("num_blocks", default=num_blocks_default, min=0, max=1000,
                      tooltip="Without φ: how many self-attention blocks become ReHyAt (the paper: 15, 20 or "
                              "25 of Wan2.1-1.3B's 30). 'recurrent' needs all of them (30 for 1.3B, 40 for "
                              "14B). More than the model has is an error. Ignored with a φ."),
-        io.Combo.Input("placement", options=list(PLACEMENTS), default=placement_default,
-                       tooltip="Without φ: which blocks — the first N, the last N, or N evenly spaced "
-                               "(always including the last). Ignored with a φ."),
-        io.Int.Input("chunk_frames", default=_ATTENTION.chunk_frames, min=1, max=1000,
-                     tooltip="Without φ: Tc, latent frames per chunk attended with softmax (paper: 3; one "
-                             "latent frame = 4 video frames). Ignored with a φ."),
-        io.Int.Input("overlap_frames", default=_ATTENTION.overlap_frames, min=0, max=1000,
-                     tooltip="Without φ: To, earlier latent frames each chunk also sees with softmax "
-                             "(paper: 1). Ignored with a φ."),
-        io.Boolean.Input("causal", default=_ATTENTION.causal,
-                         tooltip="Without φ: linear attention to earlier frames only (needed for "
-                                 "'recurrent' and the Chunked Sampler). Ignored with a φ."),
+        placement_input(_WITHOUT_PHI, _IGNORED),
+        chunk_frames_input(_WITHOUT_PHI, _IGNORED),
+        overlap_frames_input(_WITHOUT_PHI, _IGNORED),
+        causal_input(_WITHOUT_PHI, _IGNORED),
         io.Combo.Input("forward_mode", options=list(FORWARD_MODES), default="parallel",
                        tooltip="parallel: all frames at once (works with some blocks left softmax). "
                                "recurrent: the whole DiT chunk by chunk in constant memory — needs every "
@@ -178,7 +166,7 @@ class ReHyAtPatchModel(io.ComfyNode):
                                tooltip="Trained φ from 'ReHyAt Load φ' or 'ReHyAt Load φ from Hub'. Must be "
                                        "made for this checkpoint (width, depth and weight fingerprint are "
                                        "checked). Its settings override the widgets below."),
-                *_conversion_inputs(PAPER_NUM_BLOCKS, _CONVERSION.placement),
+                *_conversion_inputs(PAPER_NUM_BLOCKS),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched clone."),
                      io.String.Output(display_name="report", tooltip="What was converted, and how.")],
@@ -213,7 +201,7 @@ class ReHyAtPatchWan(io.ComfyNode):
                 io.Model.Input("model", tooltip="A Wan2.1 model; it is not modified."),
                 io.Combo.Input("phi_file", options=[NO_FILE, *phi_file_choices()], default=NO_FILE,
                                tooltip="A φ file from models/rehyat (its settings rule), or untrained φ."),
-                *_conversion_inputs(30, _CONVERSION.placement),
+                *_conversion_inputs(30),
             ],
             outputs=[io.Model.Output(tooltip="The patched clone.")],
         )

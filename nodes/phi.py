@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..rehyat.integrations.comfyui_wan import comfy_base_info, comfy_patch_info
 from ..rehyat.weights import PhiWeights, load_phi_weights, save_phi_weights
-from .folders import FOLDER_NAME, phi_file_choices, phi_file_path, save_path
+from .folders import FOLDER_NAME, phi_file_choices, phi_file_path, save_numbered
 from .patch import PHI_TYPE, describe_conversion, model_fingerprint
 
 LOG = logging.getLogger("ReHyAt")
@@ -100,10 +100,14 @@ class ReHyAtSavePhi(io.ComfyNode):
         if patch is None:
             raise ValueError("model: this model is not ReHyAt-patched — connect the output of "
                              "'ReHyAt Patch Model' (there are no φ to save)")
-        path = save_path(FOLDER_NAME, filename_prefix)
         training = getattr(model, "attachments", {}).get(TRAINING_ATTACHMENT)
-        save_phi_weights(path, patch.hybrid, patch.config, comfy_base_info(model), model_fingerprint(model),
-                         training=training)
+        base, fingerprint = comfy_base_info(model), model_fingerprint(model)
+        path = save_numbered(
+            FOLDER_NAME,
+            filename_prefix,
+            lambda p: save_phi_weights(p, patch.hybrid, patch.config, base, fingerprint, training=training,
+                                       replace=False),
+        )
         relative = Path(os.path.relpath(path, os.path.abspath(folder_paths.get_folder_paths(FOLDER_NAME)[0])))
         relative = relative.as_posix()
         LOG.info("ReHyAt: saved φ to %s", path)

@@ -8,6 +8,8 @@ import json
 import torch
 from comfy_api.latest import io
 
+from ..rehyat.planning import WEIGHT_FORMATS
+from ..rehyat.planning.profile_section import profile_memory_plan
 from ..rehyat.profiling import (
     PRESETS,
     ContextWindowCase,
@@ -23,13 +25,8 @@ from ..rehyat.profiling import (
     summary_figure,
 )
 from ..rehyat.profiling.presets import LatentGrid
-
-_DEFAULTS = ReHyAtCase()
-
-
-def video_to_latent_frames(frames: int) -> int:
-    """Latent frames of a video length, as ComfyUI's Wan latent nodes compute them (81 → 21)."""
-    return max((frames - 1) // 4 + 1, 1)
+from ..rehyat.video_latent import latent_frame_count, video_latent_shape
+from .conversion_widgets import causal_input, chunk_frames_input, overlap_frames_input
 
 
 def parse_int_list(name: str, text: str, *, low: int) -> tuple[int, ...]:
@@ -73,13 +70,11 @@ class ReHyAtProfile(io.ComfyNode):
                              tooltip="video frames of the main comparison (81 = 5 s at 16 fps)"),
                 io.String.Input("lengths", default="81,161,241,321",
                                 tooltip="video lengths in frames, comma-separated, for the plots"),
-                io.Int.Input("chunk_frames", default=_DEFAULTS.chunk_frames, min=1, max=1000,
-                             tooltip="ReHyAt chunk size Tc in latent frames"),
-                io.Int.Input("overlap_frames", default=_DEFAULTS.overlap_frames, min=0, max=1000,
-                             tooltip="ReHyAt overlap To in latent frames"),
+                chunk_frames_input("The ReHyAt case's "),
+                overlap_frames_input("The ReHyAt case's "),
                 io.Int.Input("num_blocks", default=1000, min=0, max=1000,
                              tooltip="ReHyAt blocks (clamped to the model's block count; 1000 = all)"),
-                io.Boolean.Input("causal", default=True, tooltip="causal ReHyAt (needed for 'recurrent')"),
+                causal_input("The ReHyAt case's "),
                 io.Combo.Input("forward_mode", options=["parallel", "recurrent"], default="parallel",
                                tooltip="ReHyAt form that is measured (FLOPs are the same)"),
                 io.String.Input("uniform_rates", default="2,4,8",
@@ -95,6 +90,14 @@ class ReHyAtProfile(io.ComfyNode):
                 io.Boolean.Input("measure", default=False,
                                  tooltip="run the connected model per case and length (slow when long)"),
                 io.Int.Input("repeats", default=2, min=1, max=100, tooltip="timed runs per measurement"),
+                io.Float.Input("gpu_memory_gib", default=24.0, min=1.0, max=1024.0, step=1.0, optional=True,
+                               tooltip="memory plan: GPU memory in GiB (as python -m rehyat plan)"),
+                io.Combo.Input("weights", options=list(WEIGHT_FORMATS), default="bf16", optional=True,
+                               tooltip="memory plan: weight storage format"),
+                io.Int.Input("steps", default=30, min=1, max=10000, optional=True,
+                             tooltip="memory plan: sampling steps (sizes the streaming state store)"),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="memory plan: CFG scale (1 = no uncond pass)"),
             ],
             outputs=[
                 io.Image.Output(display_name="plot"),
@@ -106,20 +109,21 @@ class ReHyAtProfile(io.ComfyNode):
     @classmethod
     def execute(cls, preset, width, height, length, lengths, chunk_frames, overlap_frames, num_blocks, causal,
                 forward_mode, uniform_rates, context_windows, context_length, context_overlap, accounting,
-                measure, repeats, model=None) -> io.NodeOutput:
+                measure, repeats, model=None, gpu_memory_gib=24.0, weights="bf16", steps=30,
+                cfg=5.0) -> io.NodeOutput:
         """Build the profile request, run it and render the report."""
         if measure and model is None:
             raise ValueError("measure needs a connected model: connect a Wan2.1 MODEL or turn measure off")
         shape = get_preset(preset) if model is None else shape_of_wan_module(
             model.get_model_object("diffusion_model"))
-        frames = [video_to_latent_frames(f) for f in parse_int_list("lengths", lengths, low=1)]
-        latent = LatentGrid(video_to_latent_frames(length), height // 8, width // 8)
+        frames = [latent_frame_count(f) for f in parse_int_list("lengths", lengths, low=1)]
+        latent = LatentGrid(*video_latent_shape(length, height, width, exact=False)[1:])
         rehyat = ReHyAtCase(chunk_frames, overlap_frames, min(num_blocks, shape.num_layers), causal,
                             forward_mode)
         windows = None
         if context_windows:
-            windows = ContextWindowCase(video_to_latent_frames(context_length),
-                                        (context_overlap - 1) // 4 + 1)  # as WanContextWindowsManual
+            windows = ContextWindowCase(latent_frame_count(context_length),
+                                        latent_frame_count(context_overlap))  # as WanContextWindowsManual
         request = ProfileRequest(shape, latent, rehyat, lengths=(latent.frames, *frames),
                                  rates=parse_int_list("uniform_rates", uniform_rates, low=1),
                                  context_windows=windows, linear_accounting=accounting)
@@ -135,8 +139,13 @@ class ReHyAtProfile(io.ComfyNode):
                     runner.cleanup()
 
         report = profile(request, measure=measurer)
+        report["memory_plan"], plan_table = profile_memory_plan(
+            shape, width=width, height=height, video_frames=length, chunk_frames=chunk_frames,
+            overlap_frames=overlap_frames, gpu_memory_gib=gpu_memory_gib, weights=weights, steps=steps,
+            cfg=cfg)
         image = torch.from_numpy(figure_to_array(summary_figure(report))).unsqueeze(0)  # (1, H, W, 3)
-        return io.NodeOutput(image, format_table(report), json.dumps(report, indent=2))
+        table = format_table(report) + "\n\nmemory plan (python -m rehyat plan)\n" + plan_table
+        return io.NodeOutput(image, table, json.dumps(report, indent=2))
 
 
 NODES = [ReHyAtProfile]

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..rehyat.integrations.comfyui_wan import CHUNKED_KEY, check_chunked_sampling, chunk_conditioning
+from ..rehyat.integrations.comfyui_conditioning import chunk_conditioning
+from ..rehyat.integrations.comfyui_memory import CHUNKED_KEY
+from ..rehyat.integrations.comfyui_wan import check_chunked_sampling
 from ..rehyat.streaming import (
     ORDERS,
     STATE_DEVICES,
@@ -45,16 +47,10 @@ from ..rehyat.streaming import (
     sample_sweep,
     state_store_bytes,
 )
+from ..rehyat.streaming.accounting import conditionings_per_evaluation, evaluations_per_step
 
 LOG = logging.getLogger("rehyat")
 PROGRESS_EVENT = "rehyat.chunk_progress"
-# Model evaluations per step of samplers that evaluate more than once (for the size estimate only;
-# the store's real size is reported after the first chunk).
-_EVALUATIONS_PER_STEP = {
-    "heun": 2, "heunpp2": 3, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2,
-    "dpmpp_2s_ancestral_cfg_pp": 2, "dpmpp_sde": 2, "dpmpp_sde_gpu": 2, "seeds_2": 2, "seeds_3": 3,
-    "exp_heun_2_x0": 2,
-}
 
 
 @dataclass
@@ -172,13 +168,12 @@ def estimate_store_bytes(
     wan = patcher.get_model_object("diffusion_model")
     attention = patch.config.attention
     conds = getattr(guider, "conds", None) or {}
-    conditionings = max(1, sum(len(v) for v in conds.values())) if conds else 2
-    if getattr(guider, "cfg", 2.0) == 1.0:
-        conditionings = max(1, len((conds or {}).get("positive", [None])))
+    conditionings = conditionings_per_evaluation(getattr(guider, "cfg", 2.0),
+                                                 {name: len(v) for name, v in conds.items()} or None)
     steps = len(sigmas) - 1
     ph, pw = wan.patch_size[1], wan.patch_size[2]
     return state_store_bytes(
-        evaluations=steps * _EVALUATIONS_PER_STEP.get(sampler_name, 1), conditionings=conditionings,
+        evaluations=steps * evaluations_per_step(sampler_name), conditionings=conditionings,
         batch=x.shape[0], blocks=len(patch.blocks), heads=wan.num_heads, head_dim=wan.dim // wan.num_heads,
         feature_dim=attention.feature_map.feature_dim, overlap_frames=attention.overlap_frames,
         tokens_per_frame=math.ceil(x.shape[3] / ph) * math.ceil(x.shape[4] / pw),

@@ -30,7 +30,8 @@ from typing import Any
 import safetensors
 from torch import Tensor, nn
 
-from .weights.atomic import atomic_save_file
+from .atomic import atomic_save_file
+from .finite import require_finite
 
 FORMAT = "rehyat-conditioning"
 """Value of the ``format`` metadata field of a conditioning file."""
@@ -72,8 +73,10 @@ class ConditioningObject:
         return f"ConditioningObject({self.class_name!r}, {sorted(self.attributes())})"
 
 
-def save_conditioning(path: str | os.PathLike[str], conditioning: Any) -> Path:
+def save_conditioning(path: str | os.PathLike[str], conditioning: Any, *, replace: bool = True) -> Path:
     """Write ``conditioning`` (list of ``(cond (B, L, C), extras dict)``) to ``path`` atomically.
+
+    ``replace=False`` publishes a new file only (``FileExistsError`` if ``path`` exists).
 
     Raises:
         ValueError: for a malformed conditioning or an extra that cannot be round-tripped (the
@@ -105,19 +108,27 @@ def save_conditioning(path: str | os.PathLike[str], conditioning: Any) -> Path:
         for key, value in extras.items():
             if not isinstance(key, str):
                 raise ValueError(f"conditioning entry {index}: extra keys must be strings; got {key!r}")
-            encoded[key] = encoder.encode(value, f"conditioning entry {index}, extra {key!r}")
+            where = f"conditioning entry {index}, extra {key!r}"
+            try:
+                encoded[key] = encoder.encode(value, where)
+            except RecursionError:
+                raise ValueError(f"{where} is nested too deeply to be saved") from None
         structure.append({"cond": encoder.tensor(cond, f"conditioning entry {index}, cond"),
                           "extras": encoded})
 
     from . import __version__  # late import: the package may import this module
 
+    try:
+        structure_json = json.dumps(structure, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError("conditioning: its extras are nested too deeply to be saved") from None
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "structure": json.dumps(structure, sort_keys=True, separators=(",", ":"), allow_nan=False),
+        "structure": structure_json,
         "rehyat_version": str(__version__),
     }
-    return atomic_save_file(encoder.tensors, metadata, path)
+    return atomic_save_file(encoder.tensors, metadata, path, replace=replace)
 
 
 def load_conditioning(path: str | os.PathLike[str]) -> list[tuple[Tensor, dict]]:
@@ -145,6 +156,8 @@ def load_conditioning(path: str | os.PathLike[str]) -> list[tuple[Tensor, dict]]
         raise ValueError(
             f"conditioning file {path}: 'structure' metadata is not valid JSON ({err})"
         ) from None
+    except RecursionError:
+        raise ValueError(f"conditioning file {path}: 'structure' metadata is nested too deeply") from None
     if not isinstance(structure, list) or not structure:
         raise ValueError(f"conditioning file {path}: 'structure' must be a non-empty list of entries")
     decoder = _Decoder(tensors, path)
@@ -153,8 +166,23 @@ def load_conditioning(path: str | os.PathLike[str]) -> list[tuple[Tensor, dict]]
         malformed = not isinstance(entry, dict) or set(entry) != {"cond", "extras"}
         if malformed or not isinstance(entry["extras"], dict):
             raise ValueError(f"conditioning file {path}: entry {index} is malformed")
-        cond = decoder.decode({"tensor": entry["cond"]})
-        extras = {key: decoder.decode(node) for key, node in entry["extras"].items()}
+        where = f"entry {index}"
+        try:
+            cond = decoder.decode({"tensor": entry["cond"]}, f"{where}, cond")
+            extras = {
+                key: decoder.decode(node, f"{where}, extra {key!r}") for key, node in entry["extras"].items()
+            }
+        except RecursionError:
+            raise ValueError(f"conditioning file {path}: {where} is nested too deeply") from None
+        if not cond.is_floating_point():
+            raise ValueError(
+                f"conditioning file {path}: {where}, cond must be a floating-point tensor; got {cond.dtype}"
+            )
+        if cond.ndim != 3:
+            raise ValueError(
+                f"conditioning file {path}: {where}, cond must be (B, L, C) text features; "
+                f"got shape {tuple(cond.shape)}"
+            )
         result.append((cond, extras))
     return result
 
@@ -226,26 +254,41 @@ class _Encoder:
 
 
 class _Decoder:
+    """Turns JSON nodes back into values; every tensor is checked finite (named by where it sits)."""
+
     def __init__(self, tensors: Mapping[str, Tensor], path: Path):
         self.tensors, self.path = tensors, path
 
-    def decode(self, node: Any) -> Any:
+    def _malformed(self, node: Any, where: str) -> ValueError:
+        text = repr(node)
+        return ValueError(
+            f"conditioning file {self.path}: {where}: malformed structure node "
+            f"{text[:80] + '…' if len(text) > 80 else text}"
+        )
+
+    def decode(self, node: Any, where: str) -> Any:
         if not isinstance(node, dict) or len(node) not in (1, 2):
-            raise ValueError(f"conditioning file {self.path}: malformed structure node {node!r}")
-        if "tensor" in node:
+            raise self._malformed(node, where)
+        keys = set(node)
+        if keys == {"tensor"} and isinstance(node["tensor"], str):
             name = node["tensor"]
             if name not in self.tensors:
                 raise ValueError(f"conditioning file {self.path}: tensor {name!r} is missing")
-            return self.tensors[name]
-        if "value" in node:
+            tensor = self.tensors[name]
+            require_finite({name: tensor}, f"conditioning file {self.path}: {where}")
+            return tensor
+        if keys == {"value"}:
             return node["value"]
-        if "list" in node:
-            items = [self.decode(item) for item in node["list"]]
+        if keys <= {"list", "tuple"} and isinstance(node.get("list"), list):
+            if not isinstance(node.get("tuple", False), bool):
+                raise self._malformed(node, where)
+            items = [self.decode(item, f"{where}[{i}]") for i, item in enumerate(node["list"])]
             return tuple(items) if node.get("tuple") else items
-        if "dict" in node:
-            return {key: self.decode(item) for key, item in node["dict"].items()}
-        if "object" in node:
+        if keys == {"dict"} and isinstance(node["dict"], dict):
+            return {key: self.decode(item, f"{where}[{key!r}]") for key, item in node["dict"].items()}
+        if keys == {"object", "attrs"} and isinstance(node["attrs"], dict):
             if node["object"] not in OBJECT_CLASSES:
                 raise ValueError(f"conditioning file {self.path}: unknown object class {node['object']!r}")
-            return ConditioningObject(node["object"], {k: self.decode(v) for k, v in node["attrs"].items()})
-        raise ValueError(f"conditioning file {self.path}: malformed structure node {node!r}")
+            attrs = {k: self.decode(v, f"{where}.{k}") for k, v in node["attrs"].items()}
+            return ConditioningObject(node["object"], attrs)
+        raise self._malformed(node, where)

@@ -6,6 +6,7 @@ Every other module takes its defaults from here, so a default changes in one pla
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -211,3 +212,53 @@ class ConversionConfig:
         if data.get("blocks") is not None:
             data["blocks"] = tuple(data["blocks"])
         return cls(**data)
+
+
+RECURRENT_FORWARD = "the recurrent (chunk-by-chunk) forward"
+PARALLEL_INSTEAD = "use the parallel forward"
+
+
+def check_recurrent_causal(
+    causal: bool, *, what: str = RECURRENT_FORWARD, instead: str = PARALLEL_INSTEAD
+) -> None:
+    """Refuse a recurrent run of non-causal blocks: the one statement of that rule.
+
+    ``what`` names the caller's recurrent form (e.g. "forward_mode 'recurrent'"), ``instead`` the
+    alternative the message offers.
+    """
+    if not causal:
+        raise ValueError(
+            f"{what} needs causal ReHyAt blocks (it needs causal=True): a non-causal block lets early "
+            f"frames attend to later ones. Use causal=True, or {instead}."
+        )
+
+
+def check_recurrent_capable(
+    converted: Sequence[int],
+    num_blocks: int,
+    causal: bool,
+    variant: str = "rehyat",
+    *,
+    what: str = RECURRENT_FORWARD,
+    instead: str = PARALLEL_INSTEAD,
+) -> None:
+    """Refuse a recurrent run unless every block is converted to causal ReHyAt, saying why.
+
+    The recurrent form runs the whole DiT chunk by chunk, so a block left softmax (which attends to
+    all frames at once) or a non-causal block cannot take part. ``variant`` is the conversion's
+    :attr:`HybridAttentionConfig.variant`: the fidelity baselines have no recurrent form.
+    """
+    if variant != "rehyat":
+        raise ValueError(
+            f"{what} runs ReHyAt only; this conversion uses the {variant!r} baseline (parallel form "
+            f"only): convert with variant='rehyat' or {instead}"
+        )
+    missing = sorted(set(range(num_blocks)) - set(converted))
+    if missing:
+        raise ValueError(
+            f"{what} runs the whole DiT chunk by chunk, so it needs every block converted to ReHyAt: "
+            f"this conversion has {num_blocks - len(missing)} of {num_blocks} blocks, and blocks {missing} "
+            f"still use softmax attention over all frames. Convert all {num_blocks} blocks (num_blocks="
+            f"{num_blocks} or blocks=None), or {instead}."
+        )
+    check_recurrent_causal(causal, what=what, instead=instead)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import FeatureMapConfig
+from .config import FeatureMapConfig, require_int
 from .ops.scratch import FEATURES, TEMPORARY, Scratch
 
 LOW_PRECISION_FEATURES = "features.low_precision"  # scratch role: φ's bf16/fp16 MLP output
@@ -54,10 +54,8 @@ class HeadwiseFeatureMap(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, config: FeatureMapConfig | None = None):
         super().__init__()
         config = config or FeatureMapConfig()
-        if not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(f"num_heads must be an integer ≥ 1; got {num_heads!r}")
-        if not isinstance(head_dim, int) or head_dim < 1:
-            raise ValueError(f"head_dim must be an integer ≥ 1; got {head_dim!r}")
+        require_int("num_heads", num_heads, low=1)
+        require_int("head_dim", head_dim, low=1)
         self.config = config
         self.num_heads = num_heads
         self.head_dim = head_dim

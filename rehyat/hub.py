@@ -112,13 +112,14 @@ def fetch_phi_file(repo_id: str, filename: str, revision: str, dest_folder: str 
     repo_id, revision = repo_id.strip(), revision.strip()
     try:
         import huggingface_hub
+        from huggingface_hub import constants as hub_constants  # a submodule: not an attribute until imported
         from huggingface_hub import errors
     except ImportError as err:
         raise ImportError(
             "downloading φ from the Hub needs huggingface_hub: pip install huggingface_hub"
         ) from err
     if offline is None:  # now, or when huggingface_hub was imported (it then refuses the network itself)
-        offline = hub_offline() or bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
+        offline = hub_offline() or bool(getattr(hub_constants, "HF_HUB_OFFLINE", False))
 
     cache = hub_cache_dir()
     where = f"{filename!r} of {repo_id!r} at revision {revision!r}"

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
 from .config import HybridAttentionConfig, require_int
 from .feature_maps import FeatureMapPair
 from .ops import RecurrentState, Scratch, rehyat_attention, rehyat_step
-from .ops.linear_only import linear_attention
-from .ops.uniform_hybrid import uniform_hybrid_attention
-from .ops.windowed_softmax import windowed_softmax_attention
 
 RunMode = Literal["parallel", "recurrent"]
 
@@ -74,29 +71,41 @@ class HybridAttention(nn.Module):
         block_index: the block's index in the model (key of its recurrent state).
     """
 
+    VARIANTS: ClassVar[tuple[str, ...]] = ("rehyat",)
+    """The ``config.variant`` values this class runs (the baselines: :mod:`rehyat.baselines`)."""
+
     def __init__(self, num_heads: int, head_dim: int, config: HybridAttentionConfig, block_index: int):
         super().__init__()
+        if config.variant not in self.VARIANTS:
+            raise ValueError(
+                f"{type(self).__name__} runs variant {self.VARIANTS}; config.variant is {config.variant!r}: "
+                "build the block's module with rehyat.hybrid.build_attention"
+            )
         self.config = config
         self.block_index = block_index
         self.feature_maps = FeatureMapPair(num_heads, head_dim, config.feature_map)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, run: ReHyAtRun) -> Tensor:
         """Attend ``q, k, v`` ``(B, H, N, d)`` laid out on ``run.grid``; returns ``(B, H, N, d)``."""
+        self._check_call(q, run)
+        return self._attend(q, k, v, run)
+
+    def _check_call(self, q: Tensor, run: ReHyAtRun) -> None:
         if q.shape[2] != run.grid.tokens:
             raise ValueError(
                 f"block {self.block_index}: got {q.shape[2]} tokens but the frame grid "
                 f"{run.grid.frames}×{run.grid.height}×{run.grid.width} has {run.grid.tokens}"
             )
-        cfg, maps, p = self.config, self.feature_maps, run.grid.tokens_per_frame
-        phi_device = maps.phi_q.weight1.device
+        phi_device = self.feature_maps.phi_q.weight1.device
         if phi_device != q.device:
             raise RuntimeError(
                 f"block {self.block_index}: φ is on {phi_device} but the activations are on {q.device}. "
                 "φ is part of the model's module tree: move the model (ModelPatcher / .to()) instead of "
                 "the tensors"
             )
-        if cfg.variant != "rehyat":
-            return self._baseline(q, k, v, run)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, run: ReHyAtRun) -> Tensor:
+        cfg, maps, p = self.config, self.feature_maps, run.grid.tokens_per_frame
         if run.mode == "parallel":
             return rehyat_attention(
                 q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, tokens_per_frame=p,
@@ -113,22 +122,18 @@ class HybridAttention(nn.Module):
         )
         return out
 
-    def _baseline(self, q: Tensor, k: Tensor, v: Tensor, run: ReHyAtRun) -> Tensor:
-        """The fidelity baselines of :class:`~rehyat.config.HybridAttentionConfig` (parallel only)."""
-        cfg, maps = self.config, self.feature_maps
-        if run.mode != "parallel":
-            raise ValueError(
-                f"block {self.block_index} runs the {cfg.variant!r} baseline, which has no recurrent form: "
-                "use the parallel forward, or variant='rehyat' for chunk-by-chunk generation"
-            )
-        if cfg.variant == "linear_only":
-            return linear_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k)
-        if cfg.variant == "uniform_hybrid":
-            return uniform_hybrid_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k, rate=cfg.rate)
-        return windowed_softmax_attention(
-            q, k, v, tokens_per_frame=run.grid.tokens_per_frame, chunk_frames=cfg.chunk_frames,
-            overlap_frames=cfg.overlap_frames,
-        )
+
+def build_attention(
+    num_heads: int, head_dim: int, config: HybridAttentionConfig, block_index: int
+) -> HybridAttention:
+    """The attention module of one converted block: :class:`HybridAttention` for ReHyAt; for a
+    fidelity-baseline config (``config.variant != "rehyat"``) the baseline module of
+    :mod:`rehyat.baselines`, which has the same interface (and φ, where the baseline uses them)."""
+    if config.variant == "rehyat":
+        return HybridAttention(num_heads, head_dim, config, block_index)
+    from .baselines import BaselineAttention  # late: the baselines build on this module
+
+    return BaselineAttention(num_heads, head_dim, config, block_index)
 
 
 def check_hybrid_modules(

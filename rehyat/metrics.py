@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import require_int
+from .video_latent import WAN_TIME_STRIDE
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -124,7 +127,7 @@ def temporal_flicker(clip: Tensor) -> float:
     return float(diffs.mean()) if diffs.numel() else 0.0
 
 
-def latent_to_video_frame(latent_frame: int, temporal_factor: int = 4) -> int:
+def latent_to_video_frame(latent_frame: int, temporal_factor: int = WAN_TIME_STRIDE) -> int:
     """First video frame decoded from latent frame ``latent_frame`` (Wan's causal VAE layout)."""
     if latent_frame < 0 or temporal_factor < 1:
         raise ValueError(
@@ -133,16 +136,16 @@ def latent_to_video_frame(latent_frame: int, temporal_factor: int = 4) -> int:
     return 0 if latent_frame == 0 else (latent_frame - 1) * temporal_factor + 1
 
 
-def chunk_start_frames(num_video_frames: int, chunk_frames: int, temporal_factor: int = 4) -> list[int]:
+def chunk_start_frames(
+    num_video_frames: int, chunk_frames: int, temporal_factor: int = WAN_TIME_STRIDE
+) -> list[int]:
     """Video frames where a latent chunk after the first begins (each is a seam with the frame before).
 
     Chunk ``c`` starts at latent frame ``c · chunk_frames``; see :func:`latent_to_video_frame`.
     Starts at or past ``num_video_frames`` are dropped.
     """
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be an integer ≥ 1; got {chunk_frames}")
-    if temporal_factor < 1:
-        raise ValueError(f"temporal_factor must be an integer ≥ 1; got {temporal_factor}")
+    require_int("chunk_frames", chunk_frames, low=1)
+    require_int("temporal_factor", temporal_factor, low=1)
     starts = []
     latent = chunk_frames
     while (frame := latent_to_video_frame(latent, temporal_factor)) < num_video_frames:
@@ -189,7 +192,9 @@ def _mean(values: Tensor, mask: Tensor) -> float:
     return float(values[mask].mean()) if bool(mask.any()) else math.nan
 
 
-def seam_report(a: Tensor, b: Tensor, chunk_frames: int, temporal_factor: int = 4) -> SeamReport:
+def seam_report(
+    a: Tensor, b: Tensor, chunk_frames: int, temporal_factor: int = WAN_TIME_STRIDE
+) -> SeamReport:
     """Per-frame error and frame-to-frame jumps at chunk boundaries vs elsewhere (see :class:`SeamReport`).
 
     With no boundary inside the clip the boundary figures are nan.

@@ -13,7 +13,7 @@ re-runs blocks) must not be used with it — train with the parallel form.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from torch import Tensor
@@ -85,30 +85,3 @@ def run_chunked_forward(
     if states_out is not None:
         states_out.update(run.states)
     return outputs
-
-
-def check_recurrent_capable(
-    converted: Sequence[int], num_blocks: int, causal: bool, variant: str = "rehyat"
-) -> None:
-    """Refuse the recurrent forward unless every block is converted to causal ReHyAt, saying why.
-
-    ``variant`` is the conversion's :attr:`~rehyat.config.HybridAttentionConfig.variant`: the fidelity
-    baselines (linear-only, windowed softmax, uniform hybrid) have no recurrent form.
-    """
-    if variant != "rehyat":
-        raise ValueError(
-            f"the recurrent (chunk-by-chunk) forward runs ReHyAt only; this conversion uses the {variant!r} "
-            "baseline (parallel form only): convert with variant='rehyat' or use the parallel forward"
-        )
-    missing = sorted(set(range(num_blocks)) - set(converted))
-    if missing:
-        raise ValueError(
-            f"the recurrent (chunk-by-chunk) forward needs every self-attention block converted to "
-            f"ReHyAt, but blocks {missing} still use softmax attention over all frames. Convert all "
-            f"{num_blocks} blocks (num_blocks={num_blocks} or blocks=None), or use the parallel forward."
-        )
-    if not causal:
-        raise ValueError(
-            "the recurrent forward needs causal ReHyAt blocks (causal=True): the non-causal variant "
-            "lets early frames attend to later ones. Use causal=True or the parallel forward."
-        )

@@ -28,6 +28,8 @@ class Setup:
 
         self.sample, self.samplers = comfy.sample, comfy.samplers
         self.cw = pack_module("rehyat.integrations.comfyui_wan")
+        self.memory = pack_module("rehyat.integrations.comfyui_memory")
+        self.chunks = pack_module("rehyat.integrations.comfyui_chunks")
         self.config = pack_module("rehyat.config")
         self.base = load_tiny_wan_comfy(tiny_wan_state_dict(dim=128, ffn_dim=256, seed=0))
         self.positive = [[randn((1, 12, WAN_TEXT_DIM), 1), {}]]
@@ -157,7 +159,7 @@ def test_offloaded_states_give_the_same_numbers_and_stats(setup):
 
 
 def test_refusals_say_what_to_change(setup):
-    with pytest.raises(ValueError, match="ReHyAt Patch Wan"):
+    with pytest.raises(ValueError, match="ReHyAt Patch Model"):
         setup.chunked(setup.base, "euler", "streaming")
     with pytest.raises(ValueError, match=r"blocks \[0\] still use softmax"):
         setup.chunked(setup.patch(num_blocks=1), "euler", "sweep")
@@ -229,20 +231,20 @@ def test_progress_bar_counts_chunks_times_steps_and_cancel_stops(setup, monkeypa
 @torch.inference_mode()
 def test_memory_is_sized_for_one_chunk_and_counts_phi(setup):
     model = setup.patched
-    phi = sum(setup.cw.phi_bytes(m) for m in setup.cw.comfy_patch_info(model).hybrid.values())
+    phi = sum(setup.memory.phi_bytes(m) for m in setup.cw.comfy_patch_info(model).hybrid.values())
     assert phi > 0 and model.model_size() == setup.base.model_size() + phi
     seen = []
 
     def executor(m, shape, *args, **kwargs):
         seen.append(list(shape))
 
-    wrapper = setup.cw._prepare_sampling_wrapper
+    wrapper = setup.memory.prepare_sampling_wrapper(setup.cw.comfy_patch_info)
     clip = [1, 16, 40, 4, 4]
     wrapper(executor, model, clip, {}, model_options={"transformer_options": {}})  # parallel, stock sampler
-    chunked = {"transformer_options": {setup.cw.CHUNKED_KEY: {"device_state_bytes": 0}}}
+    chunked = {"transformer_options": {setup.memory.CHUNKED_KEY: {"device_state_bytes": 0}}}
     wrapper(executor, model, clip, {}, model_options=chunked)
     per_frame = model.model.memory_required([2, 16, 1, 4, 4])
-    chunked["transformer_options"][setup.cw.CHUNKED_KEY]["device_state_bytes"] = int(per_frame * 5)
+    chunked["transformer_options"][setup.memory.CHUNKED_KEY]["device_state_bytes"] = int(per_frame * 5)
     wrapper(executor, model, clip, {}, model_options=chunked)
     recurrent = setup.patch(forward_mode="recurrent")
     wrapper(executor, recurrent, clip, {}, model_options={"transformer_options": {}})
@@ -336,4 +338,4 @@ def test_image_to_video_conditioning_is_sliced_per_chunk(setup):
                                                  disable_pbar=True)
     close(streaming["samples"], stock)
     with pytest.raises(ValueError, match=r"model input\(s\) \['audio_embed'\]"):
-        setup.cw.check_recurrent_inputs(wan, {"audio_embed": noise, "clip_fea": None})
+        setup.chunks.check_recurrent_inputs(wan, {"audio_embed": noise, "clip_fea": None})

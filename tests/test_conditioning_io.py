@@ -163,3 +163,56 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_conditioning(path, [[torch.ones(1, 2, 3), {}]])
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def rewritten(tmp_path, tensors=None, structure=None):
+    """A valid one-entry conditioning file with its tensors and/or structure replaced."""
+    good = save_conditioning(tmp_path / "good.safetensors",
+                             [[torch.zeros(1, 2, 3), {"mask": torch.ones(1, 2)}]])
+    with safetensors.safe_open(str(good), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        stored = {key: handle.get_tensor(key) for key in handle.keys()}
+    entry = json.loads(metadata["structure"])[0]
+    names = {"cond": entry["cond"], "mask": entry["extras"]["mask"]["tensor"]}
+    stored.update({names[role]: tensor for role, tensor in (tensors or {}).items()})
+    if structure is not None:
+        metadata["structure"] = structure if isinstance(structure, str) else json.dumps(structure)
+    bad = tmp_path / "bad.safetensors"
+    safetensors.torch.save_file(stored, bad, metadata=metadata)
+    return bad
+
+
+@pytest.mark.parametrize(("tensors", "pattern"), [
+    ({"cond": torch.tensor([[[0.0, float("nan"), 1.0]]])}, r"bad\.safetensors.*entry 0, cond.*NaN"),
+    ({"mask": torch.tensor([[1.0, float("inf")]])}, r"bad\.safetensors.*entry 0, extra 'mask'.*inf"),
+    ({"cond": torch.zeros(2, 3)}, r"bad\.safetensors.*entry 0, cond.*\(B, L, C\).*\(2, 3\)"),
+    ({"cond": torch.zeros(1, 2, 3, dtype=torch.int32)}, r"bad\.safetensors.*entry 0, cond.*floating.*int32"),
+])
+def test_non_finite_wrong_rank_or_dtype_tensors_are_refused_naming_file_and_key(tmp_path, tensors, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        load_conditioning(rewritten(tmp_path, tensors=tensors))
+
+
+@pytest.mark.parametrize("structure", [
+    [{"cond": ["t0"], "extras": {}}],
+    [{"cond": "t0", "extras": {"x": {"list": 5}}}],
+    [{"cond": "t0", "extras": {"x": {"dict": [1, 2]}}}],
+    [{"cond": "t0", "extras": {"x": {"object": "comfy.clip_vision.Output", "attrs": 3}}}],
+    [{"cond": "t0", "extras": {"x": {"list": [{"value": 1}], "tuple": "yes", "more": 1}}}],
+    "deeply nested",
+])
+def test_malformed_structure_gets_one_line_naming_the_file(tmp_path, structure):
+    if structure == "deeply nested":
+        structure = "[" * 50_000 + "]" * 50_000
+    pattern = r"conditioning file .*bad\.safetensors.*(malformed|nested too deeply)"
+    with pytest.raises(ValueError, match=pattern):
+        load_conditioning(rewritten(tmp_path, structure=structure))
+
+
+def test_deeply_nested_extras_are_refused_at_save(tmp_path):
+    nested: list = []
+    for _ in range(50_000):
+        nested = [nested]
+    with pytest.raises(ValueError, match=r"conditioning entry 0, extra 'deep'.*nested too deeply"):
+        save_conditioning(tmp_path / "c.safetensors", [[torch.zeros(1, 2, 3), {"deep": nested}]])
+    assert os.listdir(tmp_path) == []

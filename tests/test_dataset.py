@@ -14,9 +14,9 @@ from rehyat.training.dataset_build import (
     conditioning_tensor,
     generate_teacher_latent,
     noise_for_seed,
-    video_latent_shape,
 )
 from rehyat.training.finetune import autocast_context
+from rehyat.video_latent import latent_frame_count, video_frame_count, video_latent_shape
 
 MODEL = {"family": "test", "in_dim": 4}
 
@@ -71,6 +71,9 @@ def test_video_latent_shape_and_conditioning_checks() -> None:
         video_latent_shape(80, 320, 480)
     with pytest.raises(ValueError, match="width must be a multiple of 16"):
         video_latent_shape(81, 320, 488)
+    assert video_latent_shape(80, 328, 488, exact=False) == (16, 20, 41, 61)  # floored as ComfyUI's nodes
+    assert [latent_frame_count(f) for f in (0, 1, 4, 5, 81)] == [0, 1, 1, 2, 21]
+    assert [video_frame_count(latent_frame_count(f)) for f in (1, 17, 81)] == [1, 17, 81]
     cond = torch.randn(1, 5, 8)
     assert torch.equal(conditioning_tensor([[cond, {"pooled_output": None}]]), cond[0])
     with pytest.raises(ValueError, match="exactly one entry"):
@@ -113,3 +116,22 @@ def test_autocast_context_by_device_and_precision() -> None:
     with autocast_context(torch.device("cpu"), "bf16"):
         assert torch.is_autocast_enabled("cpu")
         assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.bfloat16
+
+
+FILE = r"sample-000000\.safetensors"
+
+
+@pytest.mark.parametrize(("latent", "context", "pattern"), [
+    (torch.full((4, 2, 3, 3), float("nan")), torch.ones(2, 8), FILE + r".*'latent'.*NaN"),
+    (torch.randn(4, 2, 3, 3), torch.tensor([[float("inf")] * 8] * 2), FILE + r".*'context'.*inf"),
+    (torch.randn(4, 2, 3, 3).to(torch.int64), torch.ones(2, 8), FILE + r".*latent.*int64"),
+    (torch.randn(4, 2, 3, 3), torch.ones(2, 8, dtype=torch.int32), FILE + r".*context.*int32"),
+    (torch.randn(4, 2, 3, 3), torch.tensor(1.0), FILE + r".*context.*\(L, D\).*\(\)"),
+    (torch.randn(4, 2, 9), torch.ones(2, 8), FILE + r".*latent.*\(C, T, H, W\).*\(4, 2, 9\)"),
+])
+def test_non_finite_wrong_rank_or_dtype_samples_are_refused_at_load(tmp_path, latent, context, pattern):
+    data = LatentDataset(tmp_path / "d", model=MODEL)
+    data.append(torch.randn(4, 2, 3, 3), torch.ones(2, 8), {"source": "video"})
+    save_file({"latent": latent, "context": context}, str(tmp_path / "d" / "sample-000000.safetensors"))
+    with pytest.raises(ValueError, match=pattern):
+        LatentDataset.open(tmp_path / "d").load(0)

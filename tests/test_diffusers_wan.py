@@ -17,12 +17,11 @@ from diffusers import WanTransformer3DModel  # noqa: E402
 
 from rehyat.config import ConversionConfig, HybridAttentionConfig  # noqa: E402
 from rehyat.hybrid import HybridAttention  # noqa: E402
+from rehyat.integrations.diffusers_rope import wan_frame_grid, wan_rotary_for_frames  # noqa: E402
 from rehyat.integrations.diffusers_wan import (  # noqa: E402
     DiffusersReHyAtPatch,
     ReHyAtWanAttnProcessor,
     patch_diffusers_wan,
-    wan_frame_grid,
-    wan_rotary_for_frames,
 )
 from rehyat.ops import rehyat_attention  # noqa: E402
 

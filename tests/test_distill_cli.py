@@ -332,3 +332,63 @@ def test_a_diffusers_checkpoint_distils_like_its_original_layout(files, tmp_path
     a, b = phi(tmp_path / "from_diffusers"), phi(tmp_path / "from_original")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def own_model_copy(files: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """``base_args`` with ``--model`` a private copy (a test that may overwrite it spares the fixture)."""
+    model = tmp_path / "inputs" / "wan.safetensors"
+    model.parent.mkdir()
+    model.write_bytes((files / "wan.safetensors").read_bytes())
+    args = base_args(files, tmp_path / "runs", "out")
+    args[args.index("--model") + 1] = str(model)
+    return args, model
+
+
+@pytest.mark.parametrize("target", ["model", "link to model", "conditioning", "existing file"])
+def test_output_never_overwrites_an_existing_file_or_an_input(files, tmp_path, capsys, target):
+    args, model = own_model_copy(files, tmp_path)
+    before = model.read_bytes()
+    output = {
+        "model": model,
+        "link to model": tmp_path / "phi_link.safetensors",
+        "conditioning": Path(args[args.index("--conditioning") + 1]),
+        "existing file": tmp_path / "phi.safetensors",
+    }[target]
+    if target == "link to model":
+        output.symlink_to(model)
+    elif target == "existing file":
+        output.write_bytes(b"someone's file")
+    kept = output.read_bytes()
+    code, err = run_cli_in_process([*args, "--iterations", "1", "--output", str(output)], capsys)
+    assert code == 2 and "--output" in err and "already exists" in err, err
+    assert output.read_bytes() == kept and model.read_bytes() == before
+    assert not (tmp_path / "runs" / "out").exists(), "refused before any work"
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [("under a file", "is a file, not a folder"), ("long name", "bytes long")],
+)
+def test_output_in_an_impossible_place_is_refused_up_front(files, tmp_path, capsys, where, message):
+    args, _ = own_model_copy(files, tmp_path)
+    (tmp_path / "plain_file").write_bytes(b"x")
+    output = {
+        "under a file": tmp_path / "plain_file" / "phi.safetensors",
+        "long name": tmp_path / ("φ" * 130 + ".safetensors"),
+    }[where]
+    code, err = run_cli_in_process([*args, "--iterations", "1", "--output", str(output)], capsys)
+    assert code == 2 and "--output" in err and message in err, err
+    assert not (tmp_path / "runs" / "out").exists()
+
+
+def test_rerunning_a_finished_run_keeps_its_phi_file_and_writes_a_numbered_one(files, tmp_path, capsys):
+    args = base_args(files, tmp_path, "run")
+    code, err = run_cli_in_process([*args, "--iterations", "1"], capsys)
+    assert code == 0, err
+    first = (tmp_path / "run" / "phi.safetensors").read_bytes()
+    code, err = run_cli_in_process([*args, "--iterations", "2"], capsys)  # extends the finished run
+    assert code == 0, err
+    assert (tmp_path / "run" / "phi.safetensors").read_bytes() == first
+    extended = safetensors.torch.load_file(str(tmp_path / "run" / "phi_00001_.safetensors"))
+    assert any(not torch.equal(v, safetensors.torch.load_file(str(tmp_path / "run" / "phi.safetensors"))[k])
+               for k, v in extended.items())

@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from comfy_support import tiny_wan_state_dict
@@ -329,6 +330,52 @@ def test_resume_in_process_continues_to_the_same_phi(wan, tmp_path):
     assert first.run.load_latest().extra["forward_in_group"] == 1
     second = distiller("parts")
     second.train()
+    assert second.progress.mean_loss == whole.progress.mean_loss
+    for b in (0, 1):
+        for name, param in whole.hybrid[b].named_parameters():
+            assert torch.equal(param, dict(second.hybrid[b].named_parameters())[name]), (b, name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "not a checkpoint"])
+def test_a_damaged_newest_checkpoint_is_skipped_by_name_and_the_older_one_used(tmp_path, damage):
+    run = RunFolder(tmp_path, "run", {"model": "tiny"}, keep_last=3)
+    for step in (1, 2, 3):
+        run.save_checkpoint(step, {"p": torch.full((4,), float(step))}, {}, {"step": step})
+    newest = run.checkpoint_paths()[-1]
+    if damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[:-7])
+    elif damage == "garbage":
+        newest.write_bytes(b"\x00" * 64)
+    else:
+        safetensors.torch.save_file({"x": torch.zeros(1)}, str(newest))
+    with pytest.warns(UserWarning, match=rf"checkpoint.*{newest.name}.*resuming from checkpoint-00000002"):
+        checkpoint = run.load_latest()
+    assert checkpoint.step == 2 and torch.equal(checkpoint.tensors["p"], torch.full((4,), 2.0))
+    for path in run.checkpoint_paths()[:-1]:
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no checkpoint is readable: .*-00000003.*-00000002.*-00000001"):
+        run.load_latest()
+
+
+def test_resume_past_a_damaged_checkpoint_equals_an_uninterrupted_run(wan, tmp_path):
+    options = DistillOptions(iterations=9, lr=1e-2, checkpoint_every=3, keep_checkpoints=3)
+
+    def distiller(name, stop_at=None):
+        d = Distiller(teacher_for(wan), CONVERSION, options, num_prompts=3,
+                      should_stop=(lambda: d.progress.step >= stop_at) if stop_at else None)
+        d.run = RunFolder(tmp_path, name, run_identity(d), keep_last=3)
+        return d
+
+    whole = distiller("whole")
+    whole.train()
+    first = distiller("parts", stop_at=7)
+    with pytest.raises(Exception, match="cancelled at step 7"):
+        first.train()
+    newest = first.run.checkpoint_paths()[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
+    second = distiller("parts")
+    with pytest.warns(UserWarning, match=newest.name):
+        second.train()
     assert second.progress.mean_loss == whole.progress.mean_loss
     for b in (0, 1):
         for name, param in whole.hybrid[b].named_parameters():

@@ -6,6 +6,7 @@ The cache is what huggingface_hub itself writes: ``models--<owner>--<name>/blobs
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,24 @@ def test_importing_the_module_does_not_import_huggingface_hub():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("offline", ["0", None])
+def test_fetch_in_a_fresh_process_without_hf_hub_offline(tmp_path, offline):
+    """A fresh interpreter that never imported ``huggingface_hub.constants`` itself (as ComfyUI's)."""
+    home = tmp_path / "hf_home"
+    lay_out_cache(home / "hub", REPO, {"phi.safetensors": b"cached"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env["HF_HOME"] = str(home)
+    if offline is not None:
+        env["HF_HUB_OFFLINE"] = offline
+    code = (
+        "import sys; from rehyat.hub import fetch_phi_file; "
+        f"f = fetch_phi_file({REPO!r}, 'phi.safetensors', 'main', sys.argv[1], timeout=2, "
+        f"endpoint={UNREACHABLE!r}); print(f.path.read_bytes().decode())"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "models")], capture_output=True,
+                         text=True, cwd=root, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "cached"

@@ -117,3 +117,56 @@ def test_op_refuses_a_misaligned_initial_state(mode):
     with pytest.raises(ValueError, match=r"initial_state.frames_seen=2 is not a multiple of chunk_frames=3"):
         call(initial_state=state, chunk_frames=3, mode=mode)
     call(initial_state=state, chunk_frames=2, mode=mode)  # a boundary for Tc=2: accepted
+
+
+# ------------------------------------------------------------------------ non-finite input and scale
+
+
+@pytest.mark.parametrize("tensor", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("token", [1, 7])  # a query of the first chunk (softmax only), one of a later chunk
+@pytest.mark.parametrize("grad", [False, True])
+def test_non_finite_input_gives_non_finite_output_alike_in_every_form(tensor, bad, token, grad):
+    """NaN in → NaN out: the fused softmax kernels return 0 for all-NaN score rows; the op must not."""
+    qkv = [t.clone() for t in QKV]
+    qkv["qkv".index(tensor)][0, 1, token, 3] = bad
+    outs = {}
+    for mode in ("naive", "parallel", "recurrent"):
+        with torch.set_grad_enabled(grad):
+            outs[mode] = call(*qkv, mode=mode).detach()
+    reference = outs.pop("naive")
+    assert not torch.isfinite(reference).all()
+    for mode, out in outs.items():
+        assert torch.equal(torch.isnan(out), torch.isnan(reference)), mode
+        assert torch.equal(torch.isfinite(out), torch.isfinite(reference)), mode
+        finite = torch.isfinite(reference)
+        torch.testing.assert_close(out[finite], reference[finite], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -0.5, "0.3", True])
+@pytest.mark.parametrize("mode", ["naive", "parallel", "recurrent"])
+def test_scale_must_be_a_finite_positive_number(scale, mode):
+    with pytest.raises(ValueError, match=r"scale must be a finite number > 0"):
+        call(mode=mode, scale=scale)
+
+
+def test_rehyat_step_checks_scale_too():
+    state = RecurrentState.empty(QKV[1])
+    q, k, v = (t[:, :, :6] for t in QKV)
+    with pytest.raises(ValueError, match=r"scale must be a finite number > 0"):
+        rehyat_step(q, k, v, state, phi_q=MAPS.phi_q, phi_k=MAPS.phi_k, tokens_per_frame=3,
+                    chunk_frames=2, overlap_frames=1, scale=float("nan"))
+
+
+def test_negative_features_are_refused_when_feature_checks_are_on(monkeypatch):
+    from rehyat.ops import layout
+
+    def signed(x):
+        return MAPS.phi_q(x) - 1.0  # not a valid φ: some features < 0
+
+    call(phi_q=signed)  # unchecked by default (a device sync per call); documented
+    monkeypatch.setattr(layout, "CHECK_FEATURE_SIGN", True)
+    for mode in ("naive", "parallel", "recurrent"):
+        with pytest.raises(ValueError, match=r"phi_q returned negative features"):
+            call(phi_q=signed, mode=mode)
+    call()  # the built-in φ are positive by construction

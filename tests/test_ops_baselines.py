@@ -8,7 +8,7 @@ import torch
 
 from rehyat import FeatureMapConfig, FeatureMapPair
 from rehyat.config import HybridAttentionConfig
-from rehyat.hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from rehyat.hybrid import FrameGrid, HybridAttention, ReHyAtRun, build_attention
 from rehyat.ops import rehyat_attention_naive
 from rehyat.ops.linear_only import linear_attention, linear_attention_naive
 from rehyat.ops.uniform_hybrid import (
@@ -144,7 +144,7 @@ def test_hybrid_attention_runs_each_baseline_in_parallel_and_refuses_recurrent(v
     config = HybridAttentionConfig(
         chunk_frames=2, overlap_frames=1, feature_map=SMALL_MAP, variant=variant, rate=3
     )
-    module = HybridAttention(2, 8, config, block_index=4)
+    module = build_attention(2, 8, config, block_index=4)
     q, k, v, _ = make_inputs(1, 2, 3, 8, 5)
     grid = FrameGrid(5, 1, 3)
     out = module(q, k, v, ReHyAtRun(grid=grid))
@@ -153,14 +153,21 @@ def test_hybrid_attention_runs_each_baseline_in_parallel_and_refuses_recurrent(v
         module(q, k, v, ReHyAtRun(grid=grid, mode="recurrent"))
 
 
+def test_baselines_are_built_off_the_product_class():
+    baseline = HybridAttentionConfig(feature_map=SMALL_MAP, variant="linear_only")
+    assert type(build_attention(2, 8, HybridAttentionConfig(feature_map=SMALL_MAP), 0)) is HybridAttention
+    assert type(build_attention(2, 8, baseline, 0)).__module__ == "rehyat.baselines.attention"
+    with pytest.raises(ValueError, match="build the block's module with rehyat.hybrid.build_attention"):
+        HybridAttention(2, 8, baseline, 0)
+
+
 def test_windowed_softmax_baseline_trains_nothing_and_baselines_cannot_run_recurrently():
-    from rehyat.config import ConversionConfig
-    from rehyat.recurrent_dit import check_recurrent_capable
+    from rehyat.config import ConversionConfig, check_recurrent_capable
 
     config = HybridAttentionConfig(
         chunk_frames=2, overlap_frames=1, feature_map=SMALL_MAP, variant="windowed_softmax"
     )
-    module = HybridAttention(1, 8, config, block_index=0)
+    module = build_attention(1, 8, config, block_index=0)
     q, k, v, _ = make_inputs(1, 1, 2, 8, 5, requires_grad=True)
     module(q, k, v, ReHyAtRun(grid=FrameGrid(5, 1, 2))).sum().backward()
     assert q.grad is not None and all(p.grad is None for p in module.parameters())  # φ is not used

@@ -40,7 +40,10 @@ def test_requirements_txt_follows_project_dependencies_without_torch():
 def test_pyproject_has_comfy_registry_table_and_extras():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert {"PublisherId", "DisplayName"} <= set(data["tool"]["comfy"])
-    assert {"test", "diffusers"} <= set(data["project"]["optional-dependencies"])
+    extras = data["project"]["optional-dependencies"]
+    assert {"test", "diffusers", "text"} <= set(extras)
+    assert _requirement_names(extras["text"]).keys() == {"transformers", "sentencepiece"}
+    assert all("==" not in spec for spec in extras["diffusers"]), "a tested range, not one pin"
 
 
 def test_entry_package_imports_outside_comfyui():

@@ -128,7 +128,7 @@ def test_published_archive_keeps_tests_benchmarks_and_caches_out(tmp_path: Path)
     names = zipfile.ZipFile(archive).namelist()
     kept_out = {"tests", "benchmarks", ".benchmarks", ".cache", "scripts", ".pytest_cache", ".ci"}
     leaked = [n for n in names if n.split("/")[0] in kept_out
-              or n.startswith("web/tests/") or "__pycache__" in n or n.endswith(".pyc")]
+              or n.startswith(("web/tests/", "rehyat/assets/")) or "__pycache__" in n or n.endswith(".pyc")]
     assert leaked == []
     for needed in ("__init__.py", "pyproject.toml", "LICENSE", "README.md", "nodes/__init__.py",
                    "rehyat/__init__.py", "web/rehyat.js", "web/lib/figures.js", "web/icon.svg"):

@@ -295,3 +295,28 @@ def test_phi_on_another_device_is_an_error_not_a_silent_move():
     with pytest.raises(RuntimeError, match="φ is on meta but the activations are on cpu"):
         layer(q, q, q, ReHyAtRun(FrameGrid(2, 2, 2)))
     assert layer.feature_maps.phi_q.weight1.device.type == "meta"
+
+
+@pytest.mark.parametrize("chunk_frames", [0, -1, 1.5, True, None])
+@pytest.mark.parametrize("order", ["streaming", "sweep"])
+def test_bad_chunk_frames_are_refused_at_the_engine_entry(order, chunk_frames):
+    x = randn((1, 3, 4, 2, 2), 2)
+    kwargs = {"extra_args": {}, "chunk_frames": chunk_frames}
+    if order == "streaming":
+        run, kwargs["store"] = sample_streaming, StateStore()
+    else:
+        run = sample_sweep
+    with pytest.raises(ValueError, match=rf"chunk_frames must be an integer ≥ 1; got {chunk_frames!r}"):
+        run(euler, FrameLocalModel(), x, torch.tensor([1.0, 0.0]), **kwargs)
+
+
+@pytest.mark.parametrize("order", ["streaming", "sweep"])
+def test_a_schedule_without_steps_is_refused(order):
+    x = randn((1, 3, 4, 2, 2), 2)
+    kwargs = {"extra_args": {}, "chunk_frames": 2}
+    run = sample_streaming if order == "streaming" else sample_sweep
+    if order == "streaming":
+        kwargs["store"] = StateStore()
+    for sigmas in (torch.tensor([1.0]), torch.ones(2, 2), torch.tensor([1.0, float("nan")])):
+        with pytest.raises(ValueError, match="sigmas"):
+            run(euler, FrameLocalModel(), x, sigmas, **kwargs)

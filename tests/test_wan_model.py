@@ -13,14 +13,9 @@ from comfy_support import WAN_TEXT_DIM, comfy_or_skip, load_tiny_wan_comfy, tiny
 
 from rehyat.hybrid import FrameGrid
 from rehyat.keymap import wan_state_dict_to_diffusers
-from rehyat.models.wan import (
-    SoftmaxAttention,
-    WanDiT,
-    WanDiTConfig,
-    canonical_state_dict,
-    detect_config,
-    rope_frequencies,
-)
+from rehyat.models.wan import WanDiT, WanDiTConfig
+from rehyat.models.wan_checkpoint import canonical_state_dict, detect_config
+from rehyat.models.wan_layers import SoftmaxAttention, rope_frequencies
 
 
 def seeded(shape, seed):
@@ -207,7 +202,7 @@ def test_rope_is_relative_in_frames():
     config = small_config()
     grid = FrameGrid(4, 2, 2)
     a, b = rope_frequencies(config, grid, 0.0), rope_frequencies(config, grid, 7.0)
-    from rehyat.models.wan import apply_rope
+    from rehyat.models.wan_layers import apply_rope
 
     q, k = seeded((1, grid.tokens, 2, 12), 1), seeded((1, grid.tokens, 2, 12), 2)
     scores = [torch.einsum("bnhd,bmhd->bhnm", apply_rope(q, f), apply_rope(k, f)) for f in (a, b)]

@@ -18,9 +18,10 @@ from PIL import Image
 from server_browser import open_browser, skip_or_fail
 from workflow_api import to_api, widget_specs
 
-from rehyat import FeatureMapConfig, FeatureMapPair, rehyat_attention
+from rehyat import FeatureMapConfig, FeatureMapPair, HybridAttentionConfig, rehyat_attention
 from rehyat.flops import rehyat_attention_flops, softmax_attention_flops
 from rehyat.ops.layout import chunk_layout
+from rehyat.video_latent import WAN_LATENT_CHANNELS, WAN_SPACE_STRIDE, WAN_TIME_STRIDE
 
 WEB = REPO_ROOT / "web"
 SCREENSHOT = REPO_ROOT / ".cache" / "test-artifacts" / "rehyat_web_extension.png"
@@ -51,6 +52,20 @@ def test_web_logic_node_test_runner():
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout and "# pass " in result.stdout
+
+
+def test_js_defaults_equal_the_python_configs():
+    """web/lib/figures.js states rehyat/config.py's defaults and the VAE strides of video_latent.py."""
+    source = f"""
+        import * as f from {json.dumps((WEB / 'lib' / 'figures.js').as_uri())};
+        console.log(JSON.stringify({{defaults: f.REHYAT_DEFAULTS, wan: f.WAN21}}));"""
+    js = json.loads(run_node_module(source))
+    a = HybridAttentionConfig()
+    assert js["defaults"] == {"chunkFrames": a.chunk_frames, "overlapFrames": a.overlap_frames,
+                              "causal": a.causal, "hiddenDim": a.feature_map.hidden_dim,
+                              "featureDim": a.feature_map.feature_dim}
+    assert (js["wan"]["latentChannels"], js["wan"]["spatialStride"], js["wan"]["temporalStride"]) == (
+        WAN_LATENT_CHANNELS, WAN_SPACE_STRIDE, WAN_TIME_STRIDE)
 
 
 CASES = [  # (heads, head_dim, frames, tokens_per_frame, Tc, To, causal, hidden, feature)

@@ -630,3 +630,63 @@ def test_tensor_statistics_reads_weights_made_under_inference_mode():
         weight = torch.randn(48, 32).t()  # a view: viewing it again outside inference mode used to fail
     plain = weight.clone()
     assert tensor_statistics(weight) == tensor_statistics(plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite φ, self-contradicting and hostile metadata
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_phi_are_refused_at_save_naming_the_tensor(tmp_path, bad):
+    hybrid = make_hybrid(0)
+    with torch.no_grad():
+        hybrid[3].feature_maps.phi_k.weight2[0, 1, 2] = bad
+    with pytest.raises(ValueError, match=r"blocks\.3\.phi_k\.weight2.*(NaN|inf)"):
+        save_phi_weights(tmp_path / "phi.safetensors", hybrid, CONFIG, BASE, BASE_FINGERPRINT)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_phi_are_refused_at_load_naming_file_and_tensor(saved, tmp_path, bad):
+    path, _ = saved
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        tensor = handle.get_tensor("blocks.2.phi_q.bias1").clone()
+    tensor.view(-1)[3] = bad
+    broken = rewrite(path, tmp_path / "bad.safetensors", replace={"blocks.2.phi_q.bias1": tensor})
+    with pytest.raises(ValueError, match=r"bad\.safetensors.*blocks\.2\.phi_q\.bias1.*(NaN|inf)"):
+        load_phi_weights(broken)
+
+
+@pytest.mark.parametrize("field", ["chunk_frames", "overlap_frames", "causal"])
+def test_phi_metadata_contradicting_its_training_conversion_record_is_refused(saved, tmp_path, field):
+    path, hybrid = saved
+    record = CONFIG.to_dict()
+    value = record["attention"][field]
+    record["attention"][field] = (not value) if isinstance(value, bool) else value + 1
+    training = {"stage": "distill", "conversion": record}
+    with pytest.raises(ValueError, match=rf"training.*conversion.*{field}"):
+        save_phi_weights(tmp_path / "t.safetensors", hybrid, CONFIG, BASE, BASE_FINGERPRINT,
+                         training=training)
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata_update={"training": json.dumps(training)})
+    with pytest.raises(ValueError, match=rf"bad\.safetensors.*{field}"):
+        load_phi_weights(bad)
+    agreeing = {"stage": "distill", "conversion": CONFIG.to_dict()}
+    good = save_phi_weights(tmp_path / "good.safetensors", hybrid, CONFIG, BASE, BASE_FINGERPRINT,
+                            training=agreeing)
+    assert load_phi_weights(good).training == agreeing
+
+
+@pytest.mark.parametrize("field", ["training", "conversion_config"])
+def test_deeply_nested_metadata_gets_one_line_not_a_recursion_error(saved, tmp_path, field):
+    path, hybrid = saved
+    deep = "[" * 100_000 + "]" * 100_000
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata_update={field: deep})
+    with pytest.raises(ValueError, match=rf"bad\.safetensors.*{field}.*nested too deeply"):
+        load_phi_weights(bad)
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(ValueError, match="training.*nested too deeply"):
+        save_phi_weights(tmp_path / "t.safetensors", hybrid, CONFIG, BASE, BASE_FINGERPRINT,
+                         training={"x": nested})

@@ -24,12 +24,15 @@ import json
 import signal
 from pathlib import Path
 
-from ..config import PLACEMENTS
+from ..atomic import check_new_file
+from ..config import PLACEMENTS, ConversionConfig
 from ..training.options import DistillOptions, TeacherSampling
 
 NAME = "distill"
 HELP = "distil φ of a Wan2.1 checkpoint against its softmax attention (stage 1)"
 _S, _O = TeacherSampling(), DistillOptions()
+_C = ConversionConfig()
+_A = _C.attention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="conditioning files saved by Save Conditioning; one prompt each",
     )
     src.add_argument(
-        "--prompts", metavar="FILE", help="text file, one prompt per line (needs --text-encoder)"
+        "--prompts",
+        metavar="FILE",
+        help="text file, one prompt per line (needs --text-encoder and the 'text' extra)",
     )
     src.add_argument(
         "--text-encoder",
@@ -116,12 +121,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     conv = parser.add_argument_group("conversion")
     conv.add_argument("--blocks", type=int, nargs="+", help="explicit block indices (overrides --num-blocks)")
     conv.add_argument("--num-blocks", type=int, default=None, help="blocks to convert (default: all)")
-    conv.add_argument("--placement", choices=PLACEMENTS, default="last", help="which --num-blocks blocks")
-    conv.add_argument("--chunk-frames", type=int, default=3, help="Tc, latent frames per chunk")
-    conv.add_argument("--overlap-frames", type=int, default=1, help="To, overlap frames seen with softmax")
+    conv.add_argument(
+        "--placement", choices=PLACEMENTS, default=_C.placement, help="which --num-blocks blocks"
+    )
+    conv.add_argument("--chunk-frames", type=int, default=_A.chunk_frames, help="Tc, latent frames per chunk")
+    conv.add_argument(
+        "--overlap-frames", type=int, default=_A.overlap_frames, help="To, overlap frames seen with softmax"
+    )
     conv.add_argument("--non-causal", action="store_true", help="non-causal linear part (no recurrence)")
-    conv.add_argument("--phi-hidden-dim", type=int, default=256, help="φ MLP hidden width per head")
-    conv.add_argument("--phi-feature-dim", type=int, default=256, help="φ output width per head")
+    conv.add_argument(
+        "--phi-hidden-dim", type=int, default=_A.feature_map.hidden_dim, help="φ MLP hidden width per head"
+    )
+    conv.add_argument(
+        "--phi-feature-dim", type=int, default=_A.feature_map.feature_dim, help="φ output width per head"
+    )
 
     run = parser.add_argument_group("run folder and output")
     run.add_argument("--run-name", required=True, help="run folder name (same name resumes)")
@@ -153,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.report import format_report
     from ..training.runs import RunFolder, validate_run_name
     from ..training.wandit_teacher import WanDiTTeacher
+    from ..video_latent import video_latent_shape
 
     validate_run_name(args.run_name, "--run-name")
+    output = check_new_file(args.output, "--output") if args.output else None  # never over a file / input
     for name in ("width", "height"):
         value = getattr(args, name)
         if value < 16 or value % 16:
@@ -196,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         dtype = _dtype(args.dtype, ctx.device)
         model = load_wan(args.model).to(device=ctx.device, dtype=dtype).eval().requires_grad_(False)
         prompts, negative = load_prompts(args, model.config.text_dim)
-        latent = (model.config.in_dim, (args.length - 1) // 4 + 1, args.height // 8, args.width // 8)
+        latent = video_latent_shape(args.length, args.height, args.width, model.config.in_dim, exact=False)
         teacher = WanDiTTeacher(model, prompts, negative, latent, sampling)
         bar = _progress_bar(ctx.is_main and not args.no_progress, options.iterations)
         distiller = Distiller(
@@ -215,10 +230,10 @@ def run(args: argparse.Namespace) -> int:
         ctx.barrier()
         if not ctx.is_main:
             distiller.run = RunFolder(args.runs_dir, args.run_name, run_identity(distiller), create=False)
-        output = Path(args.output) if args.output else distiller.run.path / "phi.safetensors"
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if ctx.world_size == 1 else None
         try:
-            result = run_distillation(distiller, phi_path=output)
+            result = run_distillation(distiller)
+            phi_path = write_phi(distiller, result.report, output) if ctx.is_main else None
         except (KeyboardInterrupt, DistillCancelled):
             if ctx.is_main:
                 print(
@@ -236,11 +251,34 @@ def run(args: argparse.Namespace) -> int:
                 json.dumps(result.report, indent=2)
                 if args.json
                 else format_report(result.report)
-                + f"\nφ file: {result.phi_path}\nrun folder: {result.run_path}"
+                + f"\nφ file: {phi_path}\nrun folder: {result.run_path}"
             )
         return 0
     finally:
         teardown_distributed()
+
+
+def write_phi(distiller, report: dict, output: Path | None) -> Path:
+    """Write the trained φ as a new file: ``output``, or ``<run>/phi.safetensors`` (``phi_00001_…`` when
+    a previous run of the folder left one). Nothing is ever overwritten."""
+    from ..atomic import create_numbered
+
+    if output is None:
+        run = distiller.run.path
+        return create_numbered(
+            lambda n: run / ("phi.safetensors" if n == 0 else f"phi_{n:05}_.safetensors"),
+            lambda path: distiller.save_phi(path, report),
+            first=0,
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return distiller.save_phi(output, report)
+    except FileExistsError:
+        raise ValueError(
+            f"--output {output} was created by something else while distilling; it is kept and the φ "
+            f"were not written — run the same command with another --output (it resumes from the "
+            f"run folder {distiller.run.path} without training again)"
+        ) from None
 
 
 def load_wan(path: str):
@@ -273,7 +311,10 @@ def load_prompts(args: argparse.Namespace, text_dim: int):
     encoder = None
     if args.prompts:
         if not args.text_encoder:
-            raise ValueError("--prompts needs --text-encoder (a local umT5 encoder directory)")
+            raise ValueError(
+                "--prompts needs --text-encoder (a local umT5 encoder directory; the encoder needs "
+                "transformers + sentencepiece: pip install 'comfyui-rehyat[text]')"
+            )
         from ..training.text_encoding import encode_prompts, load_umt5
 
         lines = [

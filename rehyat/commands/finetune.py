@@ -142,6 +142,7 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
     from safetensors.torch import load_file
     from tqdm import tqdm
 
+    from ..atomic import create_file_group
     from ..models.wan import WanDiT
     from ..models.wan_rehyat import conversion_config, load_phi, save_phi
     from ..training.dataset import LatentDataset
@@ -221,10 +222,6 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
         if not ctx.is_main:
             return None
         out_dir = Path(args.output_dir) if args.output_dir else run_folder.path
-        base = stem = f"{args.run_name}_s{result.step}"
-        suffixes = ("_lora.safetensors", ".safetensors", "_phi.safetensors")
-        while any((out_dir / f"{stem}{suffix}").exists() for suffix in suffixes):  # never overwrite
-            stem = f"{base}_{int(stem[len(base) + 1:] or 0) + 1:02d}"
         info = {
             "stage": "finetune",
             "steps": result.step,
@@ -236,19 +233,27 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
             "base_model": model_path.name,
             "resumed_from": result.resumed_from,
         }
-        files: dict[str, str] = {}
+        outputs = []  # (key, folder, suffix, save): new files sharing one free stem, never overwriting
         if output == "lora":
-            files["lora"] = str(save_comfy_lora(model, out_dir / f"{stem}_lora.safetensors", info=info))
+            outputs.append(
+                ("lora", out_dir, "_lora.safetensors", lambda p: save_comfy_lora(model, p, info=info))
+            )
         elif output == "full":
             from ..training.lora import merge_lora
 
             merge_lora(model)
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.full_dtype]
-            files["full"] = str(
-                save_full_checkpoint(model, out_dir / f"{stem}.safetensors", info=info, dtype=dtype)
+            outputs.append(
+                ("full", out_dir, ".safetensors",
+                 lambda p: save_full_checkpoint(model, p, info=info, dtype=dtype))
             )
         if conversion_config(model) is not None:
-            files["phi"] = str(save_phi(model, out_dir / f"{stem}_phi.safetensors", training=info))
+            outputs.append(
+                ("phi", out_dir, "_phi.safetensors",
+                 lambda p: save_phi(model, p, training=info, replace=False))
+            )
+        saved = create_file_group(f"{args.run_name}_s{result.step}", [item[1:] for item in outputs])
+        files = {item[0]: str(path) for item, path in zip(outputs, saved, strict=True)}
         files["loss_curve"] = str(
             loss_curve_png(
                 {"flow-matching loss": result.losses},

@@ -72,8 +72,8 @@ def make_dataset_from_args(args: argparse.Namespace) -> dict:
         WAN21_DATASET_MODEL,
         conditioning_tensor,
         generate_teacher_latent,
-        video_latent_shape,
     )
+    from ..video_latent import video_latent_shape
 
     shape = video_latent_shape(args.frames, args.height, args.width)
     if args.seeds and min(args.seeds) < 0:

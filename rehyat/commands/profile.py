@@ -23,8 +23,13 @@ import json
 import sys
 from contextlib import contextmanager
 
+from ..config import HybridAttentionConfig
+
 NAME = "profile"
 HELP = "FLOPs, latency and memory of softmax / ReHyAt / uniform hybrid / context windows"
+
+
+_A = HybridAttentionConfig()
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -46,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(21x30x52 = 81 frames at 480x832)")
     parser.add_argument("--lengths", type=_int_list, default=(),
                         help="latent frame counts of the length sweep, e.g. 21,41,81 (81/161/321 frames)")
-    parser.add_argument("--chunk-frames", type=int, default=3, help="Tc of the ReHyAt case")
-    parser.add_argument("--overlap-frames", type=int, default=1, help="To of the ReHyAt case")
+    parser.add_argument("--chunk-frames", type=int, default=_A.chunk_frames, help="Tc of the ReHyAt case")
+    parser.add_argument("--overlap-frames", type=int, default=_A.overlap_frames, help="To of the ReHyAt case")
     parser.add_argument("--converted-blocks", type=int, default=None, help="ReHyAt blocks (default: all)")
     parser.add_argument("--non-causal", action="store_true", help="non-causal ReHyAt (parallel form only)")
     parser.add_argument("--form", choices=("parallel", "recurrent"), default="parallel",

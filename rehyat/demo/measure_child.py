@@ -26,7 +26,7 @@ def main() -> int:
     teacher = load_teacher(request["teacher_dir"])
     student = copy.deepcopy(teacher)
     load_phi(student.dit, request["phi"])
-    tokens_per_frame = (teacher.config.clip.size // 2 // teacher.config.dit.patch_size[1]) ** 2
+    tokens_per_frame = teacher.config.tokens_per_frame
     rows = []
     with torch.no_grad():
         context = teacher.encode([request["prompt"]])

@@ -31,8 +31,10 @@ from ..metrics import psnr_clip, psnr_per_frame, ssim_clip, temporal_flicker
 from ..models.wan_rehyat import conversion_config, convert, forward_recurrent, load_phi, save_phi
 from ..teacher.analysis import attention_temporal_structure
 from ..teacher.distillation import distil_on_teacher, generator_prompts
+from ..teacher.evaluate import detect, score_clip
 from ..teacher.model import ASSETS, SamplingConfig, Teacher, load_teacher
-from ..teacher.shapes import COLOURS, detect_shapes
+from ..teacher.shapes import COLOURS
+from ..teacher.text import parse_prompt
 from .media import plot_time_memory, side_by_side_frames, write_gif, write_mp4
 from .memory import measure_call, measure_lengths_in_child
 
@@ -196,6 +198,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print, progress: b
         "attention_temporal_structure": structure,
         "fidelity_vs_teacher": fidelity(clips["teacher"], clips["rehyat"], train_frames),
         "shape_detection": {name: detection_summary(clip, config.prompt) for name, clip in clips.items()},
+        "content": {
+            name: score_clip(clip, config.prompt, teacher.config.clip, attention.chunk_frames).to_dict()
+            for name, clip in clips.items()
+        },
         "generation": generation,
         "per_length": measurements,
         "threads": torch.get_num_threads(),
@@ -279,24 +285,15 @@ def fidelity(teacher_clip: Tensor, rehyat_clip: Tensor, train_frames: int) -> di
     return {k: _finite(v) if isinstance(v, float) else v for k, v in result.items()}
 
 
-GENERATED_MIN_COVERAGE = 0.5  # detector settings for generated clips: ignore dim speckle
-GENERATED_MIN_AREA = 4.0
-
-
 def detection_summary(pixels: Tensor, prompt: str) -> dict[str, Any]:
-    """Share of frames in which the colour detector finds each colour — the prompt's and the others.
-
-    A teacher that follows its prompt shows the prompt's colours in most frames and the others in
-    few (see :func:`rehyat.teacher.shapes.detect_shapes`).
-    """
-    words = set(prompt.lower().split())
-    found = detect_shapes(
-        pixels, list(COLOURS), min_coverage=GENERATED_MIN_COVERAGE, min_area=GENERATED_MIN_AREA
-    )
+    """Share of frames in which each colour's shape is detected — the prompt's and the others
+    (the teacher's evaluator's detector, :func:`rehyat.teacher.evaluate.detect`)."""
+    found, _ = detect(pixels, list(COLOURS))
+    wanted = {colour for colour, _ in parse_prompt(prompt, len(COLOURS)).shapes}
     share = {c: sum(frame[c] is not None for frame in found) / len(found) for c in COLOURS}
     return {
-        "prompt_colours": {c: v for c, v in share.items() if c in words},
-        "other_colours": {c: v for c, v in share.items() if c not in words},
+        "prompt_colours": {c: v for c, v in share.items() if c in wanted},
+        "other_colours": {c: v for c, v in share.items() if c not in wanted},
     }
 
 
@@ -305,11 +302,6 @@ def detection_summary(pixels: Tensor, prompt: str) -> dict[str, Any]:
 
 def _recurrent(student: Teacher):
     return lambda x, t, context: forward_recurrent(student.dit, x, t, context)
-
-
-def _tokens_per_frame(teacher: Teacher) -> int:
-    grid = teacher.config.clip.size // 2 // teacher.config.dit.patch_size[1]
-    return grid * grid
 
 
 def _to_frames(pixels: Tensor) -> Tensor:

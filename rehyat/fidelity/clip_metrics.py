@@ -13,10 +13,8 @@ import torch
 from torch import Tensor
 
 from ..metrics import psnr_clip, seam_report, temporal_flicker
-from ..teacher.shapes import COLOURS, ClipSpec, detect_shapes
-
-MIN_COVERAGE = 0.5  # detector settings for generated clips (ignore dim speckle), as in the demo
-MIN_AREA = 4.0
+from ..teacher.evaluate import score_clip
+from ..teacher.shapes import ClipSpec
 
 
 def to_unit_frames(pixels: Tensor) -> Tensor:
@@ -52,40 +50,23 @@ def against_teacher(teacher: Tensor, clip: Tensor, chunk_frames: int) -> dict[st
     return {k: (v if math.isfinite(v) else None) for k, v in result.items()}
 
 
-def prompt_shapes(prompt: str) -> list[str]:
-    """The colours a generator prompt names, in order ("a red circle and a blue square …")."""
-    words = prompt.lower().split()
-    return [w for w in words if w in COLOURS]
-
-
 def content(clip: Tensor, prompt: str, spec: ClipSpec | None = None) -> dict[str, float | None]:
-    """What the generator's ground truth says a clip of ``prompt`` must show, checked by the detector.
+    """What the generator's ground truth says a clip of ``prompt`` must show (the teacher's evaluator,
+    :func:`rehyat.teacher.evaluate.score_clip`), in the table's terms.
 
-    - ``shapes_found``: share of (frame, prompt colour) pairs in which the colour is detected;
-    - ``spurious``: share of (frame, other colour) pairs with a detection (shapes never asked for);
+    - ``shapes_found``: share of (frame, prompt colour) pairs in which the colour's shape is detected;
+    - ``spurious``: share of frames showing a colour the prompt did not ask for;
     - ``motion_plausible``: share of consecutive detections of a prompt colour whose centroid moves
-      at most ``2 × max_speed`` pixels (the generator's shapes move ≤ ``max_speed`` px per frame;
-      the factor covers collisions and the detector's jitter); None without consecutive detections.
+      at most ``2 × max_speed`` pixels; None without consecutive detections;
+    - ``kind_correct``: share of classified detections of the right kind (circle / square).
     """
-    spec = spec or ClipSpec()
-    wanted = prompt_shapes(prompt)
-    others = [c for c in COLOURS if c not in wanted]
-    found = detect_shapes(clip, list(COLOURS), min_coverage=MIN_COVERAGE, min_area=MIN_AREA)
-    frames = len(found)
-    hits = sum(frame[c] is not None for frame in found for c in wanted)
-    spurious = sum(frame[c] is not None for frame in found for c in others)
-    steps = plausible = 0
-    for colour in wanted:
-        for before, after in zip(found, found[1:], strict=False):
-            if before[colour] is None or after[colour] is None:
-                continue
-            steps += 1
-            moved = math.dist(before[colour][:2], after[colour][:2])
-            plausible += moved <= 2 * spec.max_speed
+    score = score_clip(clip, prompt, spec)
+    found = sum(score.presence.values()) / len(score.presence) if score.presence else None
     return {
-        "shapes_found": hits / (frames * len(wanted)) if wanted else None,
-        "spurious": spurious / (frames * len(others)) if others else None,
-        "motion_plausible": plausible / steps if steps else None,
+        "shapes_found": found,
+        "spurious": score.spurious_frames,
+        "motion_plausible": score.continuous_pairs,
+        "kind_correct": score.kind_correct,
     }
 
 

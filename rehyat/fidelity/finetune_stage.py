@@ -30,7 +30,7 @@ def teacher_dataset(
     for index in range(len(dataset), samples):
         prompt, seed = prompts[index % len(prompts)], FINETUNE_SEED + index
         pixels = teacher.generate(prompt, frames, seed, sampling=sampling)
-        latent = pixels_to_latent(pixels[None])[0]  # (C, T, H, W)
+        latent = pixels_to_latent(pixels[None], teacher.config.fold)[0]  # (C, T, H, W)
         context = teacher.encode([prompt])[0]  # (L, D)
         dataset.append(
             latent, context, {"source": "teacher", "prompt": prompt, "seed": seed, "steps": sampling.steps}

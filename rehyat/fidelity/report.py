@@ -333,7 +333,7 @@ def _teacher_facts(summary: dict[str, Any]) -> dict[str, Any]:
         "blocks": dit.get("num_layers", "?"),
         "heads": dit.get("num_heads", "?"),
         "head_dim": dit.get("dim", 0) // max(dit.get("num_heads", 1), 1),
-        "tokens": (size // 2 // patch) ** 2,
+        "tokens": (size // math.isqrt(dit.get("in_dim", 12) // 3) // patch) ** 2,
         "size": size,
         "steps": steps,
     }

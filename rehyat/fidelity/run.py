@@ -158,7 +158,7 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
         teacher.config.dit.num_heads,
         teacher.config.dit.head_dim,
         long_frames,
-        (teacher.config.clip.size // 2 // teacher.config.dit.patch_size[1]) ** 2,
+        teacher.config.tokens_per_frame,
     )
     for case in cases:
         results[case.name]["attention_flops_share"] = {

@@ -23,13 +23,8 @@ from torch import Tensor, nn
 from ..training.capture import CapturedAttention, CaptureSink, check_blocks
 from ..training.trajectories import Trajectory
 from ..weights import BaseModelInfo
-from .comfyui_wan import (
-    ATTACHMENT_KEY,
-    DIFFUSION_MODEL_WRAPPER,
-    comfy_base_info,
-    comfy_fingerprint,
-    latent_grid,
-)
+from .comfyui_chunks import latent_grid
+from .comfyui_wan import ATTACHMENT_KEY, DIFFUSION_MODEL_WRAPPER, comfy_base_info, comfy_fingerprint
 
 CAPTURE_WRAPPER_KEY = "rehyat_capture"
 GRID_KEY = "rehyat_capture_grid"

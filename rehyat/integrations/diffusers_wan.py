@@ -22,7 +22,7 @@ core stays pure PyTorch. :func:`patch_diffusers_wan` patches the model **in plac
   called without such tables (outside a model call) fails loudly.
 - ``forward_mode="recurrent"`` takes the forward over: an instance attribute ``model.forward`` is
   installed (so ``model(...)``, pipelines and the pre-hook keep working) that runs the DiT chunk by
-  chunk through :func:`rehyat.recurrent_dit.run_chunked_forward` with the same arguments and output
+  chunk (:mod:`.diffusers_chunks`) with the same arguments and output
   format as diffusers' forward; ``unpatch`` deletes the attribute again, which makes the class's
   forward visible as before. Patch *before* installing other forward wrappers (accelerate offload
   hooks, diffusers hook registries): a model whose ``forward`` is already overridden is refused in
@@ -34,38 +34,21 @@ run one recurrent forward of a patched model at a time.
 
 from __future__ import annotations
 
-import inspect
-import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
-from ..config import ConversionConfig
-from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun
+from ..config import ConversionConfig, check_recurrent_capable
+from ..hybrid import HybridAttention, ReHyAtRun, build_attention
 from ..ops import RecurrentState
-from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
+from .diffusers_chunks import make_recurrent_forward
+from .diffusers_rope import RotaryWithRun, apply_wan_rotary, latent_frame_grid
 
 ForwardMode = Literal["parallel", "recurrent"]
 FORWARD_MODES: tuple[str, ...] = ("parallel", "recurrent")
 _MARKER = "_rehyat_patch_context"  # attribute on a patched model (holds its _PatchContext)
 _MISSING = object()
-
-
-class RotaryWithRun(tuple):
-    """diffusers' RoPE tables ``(freqs_cos, freqs_sin)`` plus the forward's :class:`ReHyAtRun` (``.run``).
-
-    A plain tuple to diffusers (it unpacks and passes it on unchanged); the ReHyAt processors read
-    the frame grid and run mode from ``.run``.
-    """
-
-    run: ReHyAtRun
-
-    def __new__(cls, tables: tuple[Tensor, Tensor], run: ReHyAtRun) -> RotaryWithRun:
-        obj = super().__new__(cls, tables)
-        obj.run = run
-        return obj
 
 
 class _PatchContext:
@@ -84,7 +67,7 @@ class _PatchContext:
         hidden_states = args[0] if args else kwargs.get("hidden_states")
         if isinstance(output, RotaryWithRun) or not isinstance(hidden_states, Tensor):
             return output
-        grid = _grid_of(hidden_states, self.patch_size)
+        grid = latent_frame_grid(hidden_states, self.patch_size)
         return RotaryWithRun(tuple(output), ReHyAtRun(grid=grid, mode="parallel"))
 
 
@@ -148,77 +131,6 @@ class ReHyAtWanAttnProcessor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block={self.hybrid.block_index}"
-
-
-def apply_wan_rotary(x: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs ``(x[2i], x[2i+1])`` by diffusers' Wan RoPE tables.
-
-    Args:
-        x: ``(B, N, H, d)``.
-        freqs_cos, freqs_sin: ``(1, N, 1, d)`` as returned by ``WanRotaryPosEmbed`` (each angle's
-            cos / sin repeated twice, so the even / odd columns hold one value per pair).
-
-    Returns:
-        ``(B, N, H, d)`` in ``x``'s dtype: pair i becomes ``(x1 cos − x2 sin, x1 sin + x2 cos)``.
-    """
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, H, d/2) each
-    cos = freqs_cos[..., 0::2]  # (1, N, 1, d/2)
-    sin = freqs_sin[..., 1::2]
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, H, d/2, 2)
-    return rotated.flatten(-2).to(x.dtype)
-
-
-def wan_frame_grid(model: nn.Module, hidden_states: Tensor) -> FrameGrid:
-    """Token grid of a latent ``(B, C, T, H, W)`` after the model's patching (floored, as diffusers)."""
-    return _grid_of(hidden_states, tuple(model.config.patch_size))
-
-
-def _grid_of(hidden_states: Tensor, patch_size: tuple[int, int, int]) -> FrameGrid:
-    if hidden_states.ndim != 5:
-        raise ValueError(
-            f"a Wan transformer takes hidden_states (B, C, T, H, W); got shape {tuple(hidden_states.shape)}"
-        )
-    p_t, p_h, p_w = patch_size
-    t, h, w = hidden_states.shape[2:]
-    if t < p_t or h < p_h or w < p_w:
-        raise ValueError(f"latent {t}×{h}×{w} is smaller than the patch size {p_t}×{p_h}×{p_w}")
-    return FrameGrid(t // p_t, h // p_h, w // p_w)
-
-
-def wan_rotary_for_frames(
-    rope: nn.Module, frame_start: int, frame_end: int, height: int, width: int
-) -> tuple[Tensor, Tensor]:
-    """RoPE tables of post-patch frames ``[frame_start, frame_end)`` of an ``height × width`` grid.
-
-    Equals rows ``[frame_start·P, frame_end·P)`` (``P = height·width``) of ``rope(latent)`` for the
-    full latent, without building the full-grid tables (memory independent of the clip length).
-
-    Args:
-        rope: the model's ``WanRotaryPosEmbed`` (buffers ``freqs_cos`` / ``freqs_sin`` of shape
-            ``(max_seq_len, d)``, column split ``t_dim | h_dim | w_dim``).
-
-    Returns:
-        ``(freqs_cos, freqs_sin)``, each ``(1, n·P, 1, d)`` with ``n = frame_end − frame_start``.
-    """
-    max_len = rope.freqs_cos.shape[0]
-    if frame_end > max_len or height > max_len or width > max_len:
-        raise ValueError(
-            f"RoPE positions up to frame {frame_end - 1}, {height}×{width} exceed the model's "
-            f"rope_max_seq_len={max_len}"
-        )
-    n = frame_end - frame_start
-    splits = [rope.t_dim, rope.h_dim, rope.w_dim]
-
-    def grid_table(freqs: Tensor) -> Tensor:
-        f_t, f_h, f_w = freqs.split(splits, dim=1)  # (max_len, t_dim | h_dim | w_dim)
-        parts = (
-            f_t[frame_start:frame_end].view(n, 1, 1, -1).expand(n, height, width, -1),
-            f_h[:height].view(1, height, 1, -1).expand(n, height, width, -1),
-            f_w[:width].view(1, 1, width, -1).expand(n, height, width, -1),
-        )
-        return torch.cat(parts, dim=-1).reshape(1, n * height * width, 1, -1)  # frame-major tokens
-
-    return grid_table(rope.freqs_cos), grid_table(rope.freqs_sin)
 
 
 class DiffusersReHyAtPatch:
@@ -373,7 +285,7 @@ def patch_diffusers_wan(
     forward_fn = previous = None
     if forward_mode == "recurrent":
         previous = model.__dict__.get("forward", _MISSING)
-        forward_fn = _make_recurrent_forward(model, context, config.attention.chunk_frames)
+        forward_fn = make_recurrent_forward(model, context, config.attention.chunk_frames)
         model.forward = forward_fn
     setattr(model, _MARKER, context)
     return DiffusersReHyAtPatch(model, config, hybrid, forward_mode, context, originals, handles,
@@ -386,7 +298,7 @@ def build_hybrid_modules(
     """Fresh (untrained) φ for ``blocks`` of a diffusers Wan model, fp32 on the model's device."""
     heads, head_dim = _attention_layout(model)
     device = model.blocks[0].attn1.to_q.weight.device
-    return {i: HybridAttention(heads, head_dim, config.attention, i).to(device) for i in blocks}
+    return {i: build_attention(heads, head_dim, config.attention, i).to(device) for i in blocks}
 
 
 def _attention_layout(model: nn.Module) -> tuple[int, int]:
@@ -450,155 +362,12 @@ def _qkv_projections(attn: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Te
     return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
 
 
-# --------------------------------------------------------------------------------------------------
-# Recurrent forward
-# --------------------------------------------------------------------------------------------------
-
-
-def _make_recurrent_forward(model: nn.Module, context: _PatchContext, chunk_frames: int):
-    """The function installed as ``model.forward`` in recurrent mode (holds the model weakly)."""
-    model_ref = weakref.ref(model)
-
-    def recurrent(
-        model: nn.Module,
-        hidden_states: Tensor,
-        timestep: Tensor,
-        encoder_hidden_states: Tensor,
-        encoder_hidden_states_image: Tensor | None = None,
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        return _recurrent_forward(model, context, chunk_frames, hidden_states, timestep,
-                                  encoder_hidden_states, encoder_hidden_states_image, return_dict)
-
-    try:  # same PEFT-LoRA "scale" handling of attention_kwargs as diffusers' forward
-        from diffusers.utils.peft_utils import apply_lora_scale
-
-        recurrent = apply_lora_scale("attention_kwargs")(recurrent)
-    except ImportError:  # pragma: no cover - older diffusers: no LoRA scaling by kwargs
-        pass
-
-    def rehyat_recurrent_forward(*args: Any, **kwargs: Any) -> Any:
-        """ReHyAt chunk-by-chunk forward (same arguments and output as the model's forward)."""
-        target = model_ref()
-        if target is None:  # pragma: no cover - the model owns this function
-            raise RuntimeError("the patched model no longer exists")
-        return recurrent(target, *args, **kwargs)
-
-    # Advertise the model's own signature (pipelines inspect it) without referencing the model.
-    rehyat_recurrent_forward.__signature__ = inspect.signature(model.forward)  # type: ignore[attr-defined]
-    return rehyat_recurrent_forward
-
-
-def _recurrent_forward(
-    model: nn.Module, context: _PatchContext, chunk_frames: int, hidden_states: Tensor, timestep: Tensor,
-    encoder_hidden_states: Tensor, encoder_hidden_states_image: Tensor | None, return_dict: bool,
-) -> Any:
-    """diffusers' Wan forward, computed Tc post-patch frames at a time with per-block ReHyAt states."""
-    grid = wan_frame_grid(model, hidden_states)
-    chunks = _DiffusersWanChunks(model, context, grid, hidden_states, timestep, encoder_hidden_states,
-                                 encoder_hidden_states_image)
-    states: dict[int, RecurrentState] = {}
-    outputs = run_chunked_forward(chunks, grid=grid, num_blocks=len(model.blocks), chunk_frames=chunk_frames,
-                                  states_out=states)
-    context.last_states = states
-    output = torch.cat(outputs, dim=2)  # (B, C_out, T', H', W') with the floored sizes
-    if not return_dict:
-        return (output,)
-    from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-    return Transformer2DModelOutput(sample=output)
-
-
-class _DiffusersWanChunks:
-    """:class:`rehyat.recurrent_dit.ChunkedDiT` over a diffusers ``WanTransformer3DModel``.
-
-    Mirrors the model's forward: the condition embeddings (time, text, image) and the head's
-    modulation are computed once; everything per token (patch embedding, blocks, head,
-    unpatchify) runs on one chunk of frames. Per-token timesteps (Wan2.2 TI2V, ``timestep``
-    ``(B, N)``) are sliced per chunk. Gradient checkpointing is not applied here (inference path).
-    """
-
-    def __init__(
-        self, model: nn.Module, context: _PatchContext, grid: FrameGrid, hidden_states: Tensor,
-        timestep: Tensor, encoder_hidden_states: Tensor, encoder_hidden_states_image: Tensor | None,
-    ):
-        self.model, self.context, self.grid = model, context, grid
-        self.patch = tuple(model.config.patch_size)
-        self.hidden_states = hidden_states  # (B, C, T, H, W)
-        per_token = timestep.ndim == 2
-        if per_token and timestep.shape[1] != grid.tokens:
-            raise ValueError(
-                f"per-token timestep has {timestep.shape[1]} entries but the latent has {grid.tokens} tokens"
-            )
-        seq_len = timestep.shape[1] if per_token else None
-        temb, timestep_proj, text, image = model.condition_embedder(
-            timestep.flatten() if per_token else timestep, encoder_hidden_states, encoder_hidden_states_image,
-            timestep_seq_len=seq_len,
-        )
-        self.per_token = per_token
-        # block modulation: (B, N, 6, C) per token, else (B, 6, C)
-        self.timestep_proj = timestep_proj.unflatten(2 if per_token else 1, (6, -1))
-        self.context_tokens = text if image is None else torch.cat([image, text], dim=1)  # (B, L, C)
-        table = model.scale_shift_table.to(temb.device)  # (1, 2, C)
-        if per_token:  # temb (B, N, C) -> shift, scale (B, N, C)
-            shift, scale = (table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-            self.shift, self.scale = shift.squeeze(2), scale.squeeze(2)
-        else:  # temb (B, C) -> shift, scale (B, 1, C)
-            self.shift, self.scale = (table + temb.unsqueeze(1)).chunk(2, dim=1)
-        self._rope_key: tuple[int, int] | None = None
-        self._rope: tuple[Tensor, Tensor] | None = None
-
-    def _tokens(self, f0: int, f1: int) -> slice:
-        p = self.grid.tokens_per_frame
-        return slice(f0 * p, f1 * p)
-
-    def _rotary(self, f0: int, f1: int) -> tuple[Tensor, Tensor]:
-        """RoPE of the chunk at its absolute frame positions, cached across the blocks of a chunk."""
-        if self._rope_key != (f0, f1):
-            self._rope = wan_rotary_for_frames(self.model.rope, f0, f1, self.grid.height, self.grid.width)
-            self._rope_key = (f0, f1)
-        return self._rope
-
-    def embed(self, f0: int, f1: int) -> Tensor:
-        """Patch embedding of post-patch frames ``[f0, f1)`` → tokens ``(B, n·P, C)``."""
-        p_t = self.patch[0]
-        x = self.hidden_states[:, :, f0 * p_t:f1 * p_t]  # (B, C_in, n·p_t, H, W)
-        x = self.model.patch_embedding(x)  # (B, C, n, H', W')
-        return x.flatten(2).transpose(1, 2).contiguous()  # (B, n·P, C)
-
-    def run_block(self, index: int, tokens: Tensor, f0: int, f1: int, run: ReHyAtRun) -> Tensor:
-        """Block ``index`` on the chunk's tokens ``(B, n·P, C)``."""
-        temb = self.timestep_proj[:, self._tokens(f0, f1)] if self.per_token else self.timestep_proj
-        rotary = RotaryWithRun(self._rotary(f0, f1), run)
-        return self.model.blocks[index](tokens, self.context_tokens, temb, rotary)
-
-    def finish_chunk(self, tokens: Tensor, f0: int, f1: int) -> Tensor:
-        """Head (norm, modulation, projection) and unpatchify → ``(B, C_out, n·p_t, H', W')``."""
-        model = self.model
-        rows = self._tokens(f0, f1)
-        shift = self.shift[:, rows] if self.per_token else self.shift
-        scale = self.scale[:, rows] if self.per_token else self.scale
-        shift, scale = shift.to(tokens.device), scale.to(tokens.device)
-        x = (model.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
-        x = model.proj_out(x)  # (B, n·P, C_out·p_t·p_h·p_w)
-        p_t, p_h, p_w = self.patch
-        n, h, w = f1 - f0, self.grid.height, self.grid.width
-        x = x.reshape(x.shape[0], n, h, w, p_t, p_h, p_w, -1)  # (B, n, h, w, p_t, p_h, p_w, C_out)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C_out, n, p_t, h, p_h, w, p_w)
-        return x.reshape(x.shape[0], x.shape[1], n * p_t, h * p_h, w * p_w)
-
-
 __all__ = [
     "FORWARD_MODES",
     "DiffusersReHyAtPatch",
     "ForwardMode",
     "ReHyAtWanAttnProcessor",
-    "RotaryWithRun",
-    "apply_wan_rotary",
     "build_hybrid_modules",
     "patch_diffusers_wan",
-    "wan_frame_grid",
-    "wan_rotary_for_frames",
 ]
 

@@ -3,6 +3,7 @@ its ReHyAt conversion (:mod:`rehyat.models.wan_rehyat`). Nothing here imports Co
 
 from __future__ import annotations
 
-from .wan import SoftmaxAttention, WanDiT, WanDiTConfig
+from .wan import WanDiT, WanDiTConfig
+from .wan_layers import SoftmaxAttention
 
 __all__ = ["SoftmaxAttention", "WanDiT", "WanDiTConfig"]

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import ConversionConfig
-from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun, check_hybrid_modules
+from ..config import ConversionConfig, check_recurrent_capable
+from ..hybrid import FrameGrid, HybridAttention, ReHyAtRun, build_attention, check_hybrid_modules
 from ..ops import RecurrentState
-from ..recurrent_dit import check_recurrent_capable, run_chunked_forward
+from ..recurrent_dit import run_chunked_forward
 from ..weights import (
     BaseModelInfo,
     apply_phi_tensors,
@@ -37,7 +37,8 @@ from ..weights import (
     load_phi_weights,
     save_phi_weights,
 )
-from .wan import SoftmaxAttention, WanConditioning, WanDiT, pad_to_patch, rope_frequencies
+from .wan import WanConditioning, WanDiT
+from .wan_layers import SoftmaxAttention, pad_to_patch, rope_frequencies
 
 
 class ReHyAtAttention(nn.Module):
@@ -70,7 +71,7 @@ def convert(
     if hybrid is None:
         device = model.patch_embedding.weight.device
         hybrid = {
-            i: HybridAttention(model.config.num_heads, model.config.head_dim, config.attention, i).to(device)
+            i: build_attention(model.config.num_heads, model.config.head_dim, config.attention, i).to(device)
             for i in blocks
         }
     check_hybrid_modules(hybrid, blocks, config.attention, (model.config.num_heads, model.config.head_dim))
@@ -123,13 +124,20 @@ def fingerprint(model: WanDiT) -> list[float]:
     return fingerprint_module(model, "wan", num_layers=model.config.num_layers)
 
 
-def save_phi(model: WanDiT, path: str | os.PathLike[str], training: Mapping[str, Any] | None = None) -> Path:
-    """Write the φ of a converted ``model`` to a φ file (atomically)."""
+def save_phi(
+    model: WanDiT,
+    path: str | os.PathLike[str],
+    training: Mapping[str, Any] | None = None,
+    *,
+    replace: bool = True,
+) -> Path:
+    """Write the φ of a converted ``model`` to a φ file (atomically; ``replace=False``: a new file only)."""
     config = conversion_config(model)
     if config is None:
         raise ValueError("this WanDiT is not converted to ReHyAt: nothing to save")
     return save_phi_weights(
-        path, converted_blocks(model), config, base_info(model), fingerprint(model), training=training
+        path, converted_blocks(model), config, base_info(model), fingerprint(model), training=training,
+        replace=replace,
     )
 
 
@@ -139,7 +147,7 @@ def load_phi(model: WanDiT, path: str | os.PathLike[str]) -> WanDiT:
     check_compatible(phi, base_info(model), fingerprint(model))
     device = model.patch_embedding.weight.device
     hybrid = {
-        i: HybridAttention(model.config.num_heads, model.config.head_dim, phi.config.attention, i).to(device)
+        i: build_attention(model.config.num_heads, model.config.head_dim, phi.config.attention, i).to(device)
         for i in phi.blocks
     }
     apply_phi_tensors(hybrid, phi.tensors)

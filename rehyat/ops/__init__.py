@@ -75,13 +75,14 @@ def rehyat_attention(
 
     Args:
         q, k, v: ``(B, H, N, d)``, ``N = T · tokens_per_frame``, same dtype and device.
-        phi_q, phi_k: callables mapping ``(B, H, n, d)`` to non-negative ``(B, H, n, d')``.
+        phi_q, phi_k: callables mapping ``(B, H, n, d)`` to non-negative ``(B, H, n, d')`` (checked
+            only with ``REHYAT_CHECK_FEATURES=1``: see :data:`rehyat.ops.layout.CHECK_FEATURE_SIGN`).
         tokens_per_frame: P, tokens per latent frame (≥ 1).
         chunk_frames: Tc ≥ 1. ``Tc ≥ T`` degenerates to full softmax attention.
         overlap_frames: To ≥ 0 (``To ≥ Tc`` is allowed).
         causal: see above; ``mode="recurrent"`` requires it.
         mode: ``"parallel"`` (default), ``"recurrent"`` or ``"naive"``; all give the same numbers.
-        scale: softmax scale, default ``1/√d``.
+        scale: softmax scale, a finite number > 0; default ``1/√d``.
         initial_state: continue after frames summarised by this state (causal only).
         output_final_state: also return the state after the last frame.
         scratch: reusable inference buffers; share one :class:`~rehyat.ops.scratch.Scratch`
@@ -90,7 +91,9 @@ def rehyat_attention(
 
     Returns:
         ``(B, H, N, d)`` in the input dtype, or ``(output, RecurrentState)`` when
-        ``output_final_state``.
+        ``output_final_state``. Non-finite input propagates alike in every form: a NaN / inf query
+        gives a NaN output row, a NaN key or value gives NaN wherever it is attended to (softmax
+        window or linear set) and nowhere else; nothing is turned into 0.
     """
     if mode not in _FORMS:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")

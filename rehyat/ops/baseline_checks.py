@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..config import require_int
+
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     """``q, k, v`` must be ``(B, H, N, d)`` with one shape, dtype and device."""
@@ -21,16 +23,9 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError("q, k and v must hold at least one token")
 
 
-def check_positive_int(name: str, value: object, low: int = 1) -> int:
-    """``value`` as an int ≥ ``low``, or a ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
-    return value
-
-
 def check_frames(tokens: int, tokens_per_frame: int) -> int:
     """The number of frames of ``tokens`` frame-major tokens (``tokens_per_frame`` must divide it)."""
-    check_positive_int("tokens_per_frame", tokens_per_frame)
+    require_int("tokens_per_frame", tokens_per_frame, low=1)
     if tokens % tokens_per_frame:
         raise ValueError(
             f"N={tokens} tokens is not a whole number of frames of tokens_per_frame={tokens_per_frame}"

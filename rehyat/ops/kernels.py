@@ -50,7 +50,13 @@ def softmax_window(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tens
     CUDA), whose row-wise log-sum-exp stabilisation makes the softmax part contribute its
     normalised output with weight 1. Shapes: q ``(B, H, n, d)``, k/v ``(B, H, m, d)``.
     """
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, n, d)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, n, d)
+    # Fused kernels (CPU flash attention) return 0 for a query row that is NaN / inf, where the
+    # maths gives NaN: put the NaN back (no device sync), so NaN in → NaN out in every form.
+    bad_rows = ~torch.isfinite(q).all(dim=-1, keepdim=True)  # (B, H, n, 1)
+    if torch.is_grad_enabled():
+        return out.masked_fill(bad_rows, float("nan"))
+    return out.masked_fill_(bad_rows, float("nan"))
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)

@@ -14,10 +14,13 @@ Without an initial state this is exactly the pinned definition: softmax set
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..config import require_int
 from .state import RecurrentState
 
 MODES = ("parallel", "recurrent", "naive")
@@ -57,6 +60,7 @@ def validate_inputs(
     initial_state: RecurrentState | None = None,
     output_final_state: bool = False,
     state_name: str = "initial_state",
+    scale: float | None = None,
 ) -> int:
     """Check every argument of the op and return the number of frames T.
 
@@ -72,10 +76,10 @@ def validate_inputs(
         ("chunk_frames", chunk_frames, 1),
         ("overlap_frames", overlap_frames, 0),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
+        require_int(name, value, low=low)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool; got {causal!r}")
+    check_scale(scale)
     if mode == "recurrent" and not causal:
         raise ValueError(
             "mode='recurrent' requires causal=True: the non-causal variant attends to future "
@@ -120,8 +124,7 @@ def check_chunk_boundary(state: RecurrentState, chunk_frames: int, *, name: str 
     partial last chunk, or one made with another Tc) would silently attend differently from one pass.
     """
     seen = state.frames_seen
-    if not isinstance(seen, int) or isinstance(seen, bool) or seen < 0:
-        raise ValueError(f"{name}.frames_seen must be an integer ≥ 0; got {seen!r}")
+    require_int(f"{name}.frames_seen", seen, low=0)
     if seen % chunk_frames:
         raise ValueError(
             f"a continuation must start on a chunk boundary: {name}.frames_seen={seen} is not a "
@@ -160,12 +163,36 @@ def _validate_state(
         raise ValueError(f"{name} is on {state.kv.device} but q is on {q.device}")
 
 
+def check_scale(scale: float | None) -> None:
+    """``scale`` must be None (``1/√d``) or a finite number > 0 (NaN / inf / ≤ 0 have no meaning)."""
+    if scale is None:
+        return
+    number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+    if not number or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0 (or None for 1/√d); got {scale!r}")
+
+
+CHECK_FEATURE_SIGN = os.environ.get("REHYAT_CHECK_FEATURES", "") not in ("", "0")
+"""Also check that feature maps return non-negative features (set ``REHYAT_CHECK_FEATURES=1``, or
+this attribute in tests). Off by default: the check reads the features back (a device sync per call),
+and the built-in φ are positive by construction (softplus + eps). A φ with negative features makes
+``1 + φq·z`` reach 0 and the output blow up, so custom feature maps should be run with it once."""
+
+
 def check_features(name: str, features: Tensor, like: Tensor) -> None:
-    """Check a feature map's output ``(B, H, n, d')`` against its input ``(B, H, n, d)``."""
+    """Check a feature map's output ``(B, H, n, d')`` against its input ``(B, H, n, d)``.
+
+    With :data:`CHECK_FEATURE_SIGN` also refuse negative features.
+    """
     if features.ndim != 4 or features.shape[:3] != like.shape[:3]:
         raise ValueError(
             f"{name} must map (B, H, n, d) to (B, H, n, d'); got {tuple(features.shape)} "
             f"for input {tuple(like.shape)}"
+        )
+    if CHECK_FEATURE_SIGN and features.numel() and bool((features < 0).any()):
+        raise ValueError(
+            f"{name} returned negative features (min {float(features.detach().min()):.3g}): feature maps "
+            "must be non-negative (e.g. end in softplus / exp / relu + eps)"
         )
 
 

@@ -45,7 +45,7 @@ def rehyat_attention_naive(
     num_frames = validate_inputs(
         q, k, v, tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames,
         overlap_frames=overlap_frames, causal=causal, mode="naive",
-        initial_state=initial_state, output_final_state=output_final_state,
+        initial_state=initial_state, output_final_state=output_final_state, scale=scale,
     )
     p = tokens_per_frame
     state = initial_state or RecurrentState.empty(k, feature_dim=0)
@@ -55,18 +55,22 @@ def rehyat_attention_naive(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
     soft_mask, lin_mask = _masks(num_frames, n_ov, p, chunk_frames, overlap_frames, causal, q.device)
-    logits = (q.double() @ k_ext.double().transpose(-1, -2)) * scale  # (B, H, N, N_ext)
-    logits = logits.masked_fill(~soft_mask, float("-inf"))
-    o_soft = torch.softmax(logits, dim=-1) @ v_ext.double()  # (B, H, N, d)
-
     fq = phi_q(q)
     fk = phi_k(k_ext)
     check_features("phi_q", fq, q)
     check_features("phi_k", fk, k_ext)
     check_feature_widths(fq, fk, initial_state)
-    weights = (fq.double() @ fk.double().transpose(-1, -2)) * lin_mask  # (B, H, N, N_ext)
-    numer = o_soft + weights @ v_ext.double()
-    denom = 1.0 + weights.sum(-1, keepdim=True)
+    q64, k64, v64, fq64, fk64 = (t.double() for t in (q, k_ext, v_ext, fq, fk))
+    numer = q64.new_empty(q64.shape)  # (B, H, N, d)
+    denom = q64.new_empty(*q64.shape[:-1], 1)  # (B, H, N, 1)
+    for start in range(0, q.shape[2], p):  # frame by frame: keys outside a query's sets never enter
+        rows = slice(start, start + p)  # (NaN / inf in such a key leaves the query alone, as in the maths)
+        soft, lin = soft_mask[start], lin_mask[start]  # (N_ext,) boolean, the same for the frame's rows
+        logits = (q64[:, :, rows] @ k64[:, :, soft].transpose(-1, -2)) * scale  # (B, H, P, |soft|)
+        o_soft = torch.softmax(logits, dim=-1) @ v64[:, :, soft]  # (B, H, P, d)
+        weights = fq64[:, :, rows] @ fk64[:, :, lin].transpose(-1, -2)  # (B, H, P, |lin|)
+        numer[:, :, rows] = o_soft + weights @ v64[:, :, lin]
+        denom[:, :, rows] = 1.0 + weights.sum(-1, keepdim=True)
     if initial_state is not None and initial_state.feature_dim:
         numer = numer + fq.double() @ initial_state.kv.double()
         denom = denom + (fq.double() @ initial_state.k_sum.double().unsqueeze(-1))

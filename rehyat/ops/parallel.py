@@ -49,7 +49,7 @@ def rehyat_attention_parallel(
     num_frames = validate_inputs(
         q, k, v, tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames,
         overlap_frames=overlap_frames, causal=causal, mode="parallel",
-        initial_state=initial_state, output_final_state=output_final_state,
+        initial_state=initial_state, output_final_state=output_final_state, scale=scale,
     )
     p = tokens_per_frame
     state = initial_state

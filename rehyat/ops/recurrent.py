@@ -80,7 +80,7 @@ def rehyat_step(
     frames = validate_inputs(
         q, k, v, tokens_per_frame=p, chunk_frames=chunk_frames,
         overlap_frames=overlap_frames, causal=True, mode="recurrent", initial_state=state,
-        state_name="state",
+        state_name="state", scale=scale,
     )
     if frames > chunk_frames:
         raise ValueError(
@@ -137,7 +137,7 @@ def rehyat_attention_recurrent(
     num_frames = validate_inputs(
         q, k, v, tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames,
         overlap_frames=overlap_frames, causal=causal, mode="recurrent",
-        initial_state=initial_state, output_final_state=output_final_state,
+        initial_state=initial_state, output_final_state=output_final_state, scale=scale,
     )
     p = tokens_per_frame
     state = initial_state if initial_state is not None else RecurrentState.empty(k)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .baseline_checks import check_positive_int, check_qkv
+from ..config import require_int
+from .baseline_checks import check_qkv
 from .kernels import accumulation_dtype
 from .layout import check_feature_widths, check_features
 
@@ -28,7 +29,7 @@ FeatureMap = Callable[[Tensor], Tensor]
 
 def softmax_key_mask(tokens: int, rate: int, device: torch.device | str = "cpu") -> Tensor:
     """Boolean ``(N,)``: True for the keys attended with softmax (every ``rate``-th token from 0)."""
-    check_positive_int("rate", rate)
+    require_int("rate", rate, low=1)
     return torch.arange(tokens, device=device) % rate == 0
 
 
@@ -38,7 +39,7 @@ def uniform_hybrid_attention(
 ) -> Tensor:
     """Uniform hybrid attention; ``q, k, v`` ``(B, H, N, d)`` → ``(B, H, N, d)``."""
     check_qkv(q, k, v)
-    check_positive_int("rate", rate)
+    require_int("rate", rate, low=1)
     o_soft = F.scaled_dot_product_attention(q, k[:, :, ::rate], v[:, :, ::rate], scale=scale)  # (B, H, N, d)
     if rate == 1 or k.shape[2] == 1:
         return o_soft

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .baseline_checks import check_frames, check_positive_int, check_qkv
+from ..config import require_int
+from .baseline_checks import check_frames, check_qkv
 from .layout import chunk_layout
 
 
@@ -22,8 +23,8 @@ def windowed_softmax_attention(
     """Softmax over each chunk's window only; ``(B, H, N, d)`` → ``(B, H, N, d)``, O(N·window)."""
     check_qkv(q, k, v)
     frames = check_frames(q.shape[2], tokens_per_frame)
-    check_positive_int("chunk_frames", chunk_frames)
-    check_positive_int("overlap_frames", overlap_frames, low=0)
+    require_int("chunk_frames", chunk_frames, low=1)
+    require_int("overlap_frames", overlap_frames, low=0)
     p = tokens_per_frame
     out = torch.empty_like(q)  # (B, H, N, d)
     for chunk in chunk_layout(frames, chunk_frames, overlap_frames):
@@ -42,8 +43,8 @@ def windowed_softmax_attention_naive(
     """Reference: dense fp64 logits with a ``(N, N)`` window mask."""
     check_qkv(q, k, v)
     frames = check_frames(q.shape[2], tokens_per_frame)
-    check_positive_int("chunk_frames", chunk_frames)
-    check_positive_int("overlap_frames", overlap_frames, low=0)
+    require_int("chunk_frames", chunk_frames, low=1)
+    require_int("overlap_frames", overlap_frames, low=0)
     p, d = tokens_per_frame, q.shape[-1]
     scale = d**-0.5 if scale is None else scale
     key_frame = torch.arange(frames * p, device=q.device) // p

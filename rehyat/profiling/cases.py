@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import FeatureMapConfig, require_int
+from ..config import FeatureMapConfig, HybridAttentionConfig, check_recurrent_causal, require_int
 
+_ATTENTION = HybridAttentionConfig()
 Form = Literal["parallel", "recurrent"]
 FORMS: tuple[str, ...] = ("parallel", "recurrent")
 
@@ -50,10 +51,10 @@ class ReHyAtCase:
         feature_map: φ size (the paper's default: 256 hidden, 256 features, degree 2).
     """
 
-    chunk_frames: int = 3
-    overlap_frames: int = 1
+    chunk_frames: int = _ATTENTION.chunk_frames
+    overlap_frames: int = _ATTENTION.overlap_frames
     converted_blocks: int | None = None
-    causal: bool = True
+    causal: bool = _ATTENTION.causal
     form: Form = "parallel"
     feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
     kind: Literal["rehyat"] = "rehyat"
@@ -66,8 +67,8 @@ class ReHyAtCase:
             raise ValueError(f"causal must be a bool; got {self.causal!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}; got {self.form!r}")
-        if self.form == "recurrent" and not self.causal:
-            raise ValueError("form='recurrent' needs causal=True (a non-causal layer sees future frames)")
+        if self.form == "recurrent":
+            check_recurrent_causal(self.causal, what="form='recurrent'", instead="form='parallel'")
 
     @property
     def label(self) -> str:

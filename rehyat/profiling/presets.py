@@ -8,9 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import require_int
-
-VAE_TIME_STRIDE = 4  # Wan2.1 VAE: 1 + 4·(T − 1) video frames per T latent frames
-VAE_SPACE_STRIDE = 8  # 8 pixels per latent cell
+from ..video_latent import WAN_SPACE_STRIDE, video_frame_count
 
 
 @dataclass(frozen=True)
@@ -126,12 +124,12 @@ class LatentGrid:
     @property
     def video_frames(self) -> int:
         """Pixel-space frames of the video this latent decodes to (1 + 4·(T − 1))."""
-        return 1 + VAE_TIME_STRIDE * (self.frames - 1)
+        return video_frame_count(self.frames)
 
     @property
     def pixels(self) -> tuple[int, int]:
         """(height, width) in pixels."""
-        return self.height * VAE_SPACE_STRIDE, self.width * VAE_SPACE_STRIDE
+        return self.height * WAN_SPACE_STRIDE, self.width * WAN_SPACE_STRIDE
 
     def label(self) -> str:
         """``"21x60x104"``."""
@@ -164,11 +162,3 @@ def parse_token_grid(text: str, patch: tuple[int, int] = (2, 2)) -> LatentGrid:
         raise ValueError(f"latent must be T x H x W in patched tokens, e.g. 21x30x52; got {text!r}")
     frames, height, width = (int(g) for g in match.groups())
     return LatentGrid(frames, height * patch[0], width * patch[1])
-
-
-def video_frames_to_latent(frames: int) -> int:
-    """Latent frames of a ``frames``-frame video (81 → 21); ``frames`` must be 1 + 4k."""
-    require_int("video frames", frames, low=1)
-    if (frames - 1) % VAE_TIME_STRIDE:
-        raise ValueError(f"video frames must be 1 + 4k (e.g. 81, 161); got {frames}")
-    return 1 + (frames - 1) // VAE_TIME_STRIDE

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConversionConfig, HybridAttentionConfig
-from .cases import Case, ContextWindowCase, ReHyAtCase, SoftmaxCase, UniformHybridCase
+from ..config import ConversionConfig, HybridAttentionConfig, check_recurrent_capable
+from .cases import Case, ContextWindowCase, ReHyAtCase, UniformHybridCase
 from .presets import LatentGrid, WanShape
 
 
@@ -49,9 +49,9 @@ def conversion_for(case: ConvertedCase, layers: int, full_layers: int) -> Conver
         attention = HybridAttentionConfig(causal=False, feature_map=case.feature_map,
                                           variant="uniform_hybrid", rate=case.rate)
         return ConversionConfig(num_blocks=converted, placement="last", attention=attention)
-    if case.form == "recurrent" and converted != layers:
-        raise ValueError(f"form='recurrent' needs every block converted; {case.label} converts "
-                         f"{converted} of {layers} measured blocks")
+    if case.form == "recurrent":  # placement "last": the first layers − converted blocks stay softmax
+        check_recurrent_capable(range(layers - converted, layers), layers, case.causal,
+                                what=f"form='recurrent' ({case.label})", instead="form='parallel'")
     attention = HybridAttentionConfig(chunk_frames=case.chunk_frames, overlap_frames=case.overlap_frames,
                                       causal=case.causal, feature_map=case.feature_map)
     return ConversionConfig(num_blocks=converted, placement="last", attention=attention)
@@ -144,9 +144,3 @@ def comfy_runner(model_patcher: Any, case: Case, latent: LatentGrid, *, text_len
 
     blocks = list(patcher.get_model_object("diffusion_model").blocks)
     return Runner(forward, blocks, converted, layers, cleanup)
-
-
-def is_softmax(case: Case) -> bool:
-    """True for plain softmax (also inside context windows)."""
-    inner = case.inner if isinstance(case, ContextWindowCase) else case
-    return isinstance(inner, SoftmaxCase)

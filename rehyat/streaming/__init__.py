@@ -1,6 +1,8 @@
 """Chunked sampling of a recurrent ReHyAt DiT: state store, noise, streaming and sweep drivers.
 
-Why both orders are exact: :mod:`rehyat.streaming.driver` and the design note on recurrence.
+Why both orders are exact (the recurrent forward equals the parallel causal one, and a chunk's
+trajectory never depends on later chunks): :mod:`rehyat.streaming.driver`; the layers around it:
+docs/architecture.md.
 """
 
 from .decode import ProgressiveWanDecoder

@@ -28,8 +28,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
+from ..config import require_int
 from .noise import FrameNoiseSampler
 from .store import StateKey, StateStore
 
@@ -217,6 +219,24 @@ def slice_frames(value: Any, f0: int, f1: int, frames: int) -> Any:
     return value
 
 
+def check_engine_inputs(x: Tensor, sigmas: Tensor, chunk_frames: int) -> None:
+    """Refuse what the chunked samplers cannot run, with one line naming the argument.
+
+    ``x`` must be a video latent ``(B, C, T, H, W)``, ``chunk_frames`` an integer ≥ 1 (0 would divide
+    by zero, a negative one would silently return the noise unchanged) and ``sigmas`` a 1-D schedule of
+    at least two finite values (one step or more).
+    """
+    if not isinstance(x, Tensor) or x.ndim != 5:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"chunked sampling needs a video latent (B, C, T, H, W); got shape {shape}")
+    require_int("chunk_frames", chunk_frames, low=1)
+    if not isinstance(sigmas, Tensor) or sigmas.ndim != 1 or sigmas.numel() < 2:
+        shape = tuple(sigmas.shape) if isinstance(sigmas, Tensor) else type(sigmas).__name__
+        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values (≥ 1 step); got shape {shape}")
+    if not bool(torch.isfinite(sigmas).all()):
+        raise ValueError(f"sigmas must be finite; got {sigmas.tolist()}")
+
+
 def sample_streaming(
     sampler_function: Callable, model: Any, x: Tensor, sigmas: Tensor, *, extra_args: dict,
     chunk_frames: int, store: StateStore, sampler_options: dict | None = None,
@@ -244,8 +264,7 @@ def sample_streaming(
         check_interrupt: called before every model evaluation (raises to cancel).
         chunk_scope: context manager entered around each chunk's run (e.g. to slice conditioning).
     """
-    if x.ndim != 5:
-        raise ValueError(f"chunked sampling needs a video latent (B, C, T, H, W); got shape {tuple(x.shape)}")
+    check_engine_inputs(x, sigmas, chunk_frames)
     check_streaming_model_options(extra_args.get("model_options") or {})
     frames, steps = x.shape[2], len(sigmas) - 1
     chunks = math.ceil(frames / chunk_frames)
@@ -301,8 +320,7 @@ def sample_sweep(
 ) -> Tensor:
     """Run ``sampler_function`` once over the whole latent (sweep order); each model evaluation is
     computed chunk by chunk with fresh states by the adapter. Arguments as :func:`sample_streaming`."""
-    if x.ndim != 5:
-        raise ValueError(f"chunked sampling needs a video latent (B, C, T, H, W); got shape {tuple(x.shape)}")
+    check_engine_inputs(x, sigmas, chunk_frames)
     frames, steps = x.shape[2], len(sigmas) - 1
     chunks = math.ceil(frames / chunk_frames)
     state = {"step": 0, "denoised": None}

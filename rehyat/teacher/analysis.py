@@ -92,7 +92,7 @@ def attention_temporal_structure(
         count = 0
         for seed in seeds:
             clip = generate_clip(seed, teacher.config.clip, frames=frames)
-            x0 = pixels_to_latent(clip.pixels[None])
+            x0 = pixels_to_latent(clip.pixels[None], teacher.config.fold)
             context = teacher.encode([clip.prompt])
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
             for sigma in sigmas:

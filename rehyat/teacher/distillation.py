@@ -85,8 +85,8 @@ def distil_on_teacher(
         raise ValueError(f"prompts must hold at least 2 prompts (one is held out); got {len(prompts)}")
     with torch.no_grad():
         features = teacher.encode(list(prompts) + [""])
-    clip = teacher.config.clip
-    latent_shape = (teacher.config.dit.in_dim, clip.frames, clip.size // 2, clip.size // 2)
+    config = teacher.config
+    latent_shape = (config.dit.in_dim, config.clip.frames, config.latent_size, config.latent_size)
     teacher_sampling = TeacherSampling(
         steps=trajectory_steps, cfg=sampling.guidance, shift=sampling.shift, eta=0.0, capture_stride=1
     )

@@ -49,8 +49,8 @@ class ClipSpec:
     frames: int = 16
     size: int = 32
     max_shapes: int = 2
-    min_radius: float = 3.5
-    max_radius: float = 5.5
+    min_radius: float = 4.0
+    max_radius: float = 6.0
     min_speed: float = 0.8
     max_speed: float = 2.0
 

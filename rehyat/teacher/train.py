@@ -34,6 +34,7 @@ from .model import Teacher, TeacherConfig, pixels_to_latent
 from .shapes import clip_batch
 
 LOG_FILE = "training_log.json"
+RECIPE = "rehyat.teacher.train v2"
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,19 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints.
     """
 
-    steps: int = 6000
-    batch: int = 4
-    learning_rate: float = 3e-4
-    warmup_steps: int = 100
-    decay_steps: int = 1000
+    steps: int = 4800
+    batch: int = 8
+    learning_rate: float = 6e-4
+    warmup_steps: int = 200
+    decay_steps: int = 2400
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    ema_decay: float = 0.998
+    ema_decay: float = 0.999
     prompt_dropout: float = 0.1
     seed: int = 0
     data_seed: int = 1_000_000
     shift: float = 3.0
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "checkpoint_every"):
@@ -99,12 +100,12 @@ class TrainConfig:
 
 
 def step_batch(teacher_config: TeacherConfig, train: TrainConfig, step: int) -> tuple[Tensor, list[str]]:
-    """The latents ``(B, 12, T, 16, 16)`` and prompts (after dropout) of training step ``step``."""
+    """The latents ``(B, C, T, h, w)`` and prompts (after dropout) of training step ``step``."""
     seeds = [train.data_seed + step * train.batch + i for i in range(train.batch)]
     pixels, prompts = clip_batch(seeds, teacher_config.clip)
     drop = random.Random(train.seed * 1_000_003 + step)
     prompts = ["" if drop.random() < train.prompt_dropout else p for p in prompts]
-    return pixels_to_latent(pixels), prompts
+    return pixels_to_latent(pixels, teacher_config.fold), prompts
 
 
 def step_loss(teacher: Teacher, teacher_config: TeacherConfig, train: TrainConfig, step: int) -> Tensor:
@@ -152,7 +153,7 @@ def train_teacher(
     run = RunFolder(
         run_root,
         run_name,
-        {"teacher": teacher_config.to_dict(), "train": train.to_dict(), "recipe": "rehyat.teacher.train v1"},
+        {"teacher": teacher_config.to_dict(), "train": train.to_dict(), "recipe": RECIPE},
     )
     teacher = new_teacher(teacher_config, train)
     ema = Teacher(teacher_config)
@@ -219,14 +220,18 @@ def export_teacher(
     *,
     teacher_config: TeacherConfig | None = None,
     train: TrainConfig | None = None,
+    command: str | None = None,
 ) -> Path:
-    """Write the EMA teacher of the run's latest checkpoint and its training log into ``output``."""
+    """Write the EMA teacher of the run's latest checkpoint and its training log into ``output``.
+
+    ``command`` (the command line that reproduces the run) is recorded in ``teacher.json``.
+    """
     teacher_config = teacher_config or TeacherConfig()
     train = train or TrainConfig()
     run = RunFolder(
         run_root,
         run_name,
-        {"teacher": teacher_config.to_dict(), "train": train.to_dict(), "recipe": "rehyat.teacher.train v1"},
+        {"teacher": teacher_config.to_dict(), "train": train.to_dict(), "recipe": RECIPE},
         create=False,
     )
     checkpoint = run.load_latest()
@@ -239,6 +244,8 @@ def export_teacher(
     history = checkpoint.extra["history"]
     training = {
         "recipe": "python -m rehyat train-teacher (rehyat/teacher/train.py)",
+        "command": command,
+        "threads": checkpoint.extra.get("threads"),
         "train_config": train.to_dict(),
         "steps_done": checkpoint.step,
         "steps_scheduled": train.steps,
@@ -265,7 +272,11 @@ def _save(run: RunFolder, step: int, teacher: Teacher, ema: Teacher, optimizer, 
     tensors = {f"model/{k}": v for k, v in teacher.state_dict().items()}
     tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
     run.save_checkpoint(
-        step, tensors, {"adamw": optimizer.state_dict()}, {"history": history, "seconds": seconds}, rng=False
+        step,
+        tensors,
+        {"adamw": optimizer.state_dict()},
+        {"history": history, "seconds": seconds, "threads": torch.get_num_threads()},
+        rng=False,
     )
 
 

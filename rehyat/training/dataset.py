@@ -28,7 +28,8 @@ import safetensors
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_save_file, atomic_write_bytes
+from ..atomic import atomic_save_file, atomic_write_bytes, create_numbered
+from ..finite import require_finite
 
 FORMAT = "rehyat-finetune-dataset"
 FORMAT_VERSION = 1
@@ -133,14 +134,16 @@ class LatentDataset:
                 "samples": [],
             }
         _check_shapes(self.manifest, tuple(latent.shape), int(context.shape[1]), "new sample")
-        index = len(self.manifest["samples"])
-        name = _SAMPLE.format(index)
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {
             "latent": latent.detach().cpu().contiguous(),
             "context": context.detach().cpu().contiguous(),
         }
-        atomic_save_file(tensors, {"format": FORMAT + "-sample"}, self.folder / name)
+        name = create_numbered(  # a new file: never over a sample left by an interrupted append
+            lambda number: self.folder / _SAMPLE.format(number),
+            lambda path: atomic_save_file(tensors, {"format": FORMAT + "-sample"}, path, replace=False),
+            first=len(self.manifest["samples"]),
+        ).name
         entry = {**_canonical(dict(info)), "file": name, "context_tokens": int(context.shape[0])}
         manifest = {**self.manifest, "samples": [*self.manifest["samples"], entry]}
         text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -160,6 +163,7 @@ class LatentDataset:
             if keys != {"latent", "context"}:
                 raise ValueError(f"{path} must hold exactly 'latent' and 'context'; has {sorted(keys)}")
             latent, context = handle.get_tensor("latent"), handle.get_tensor("context")
+        _check_sample_tensors(path, latent, context)
         _check_shapes(self.manifest, tuple(latent.shape), int(context.shape[-1]), f"sample file {path.name}")
         if context.ndim != 2 or context.shape[0] != self.manifest["samples"][index]["context_tokens"]:
             raise ValueError(
@@ -195,6 +199,16 @@ class LatentDataset:
             "model": self.manifest["model"],
             "samples": [e["file"] for e in self.manifest["samples"]],
         }
+
+
+def _check_sample_tensors(path: Path, latent: Tensor, context: Tensor) -> None:
+    """A sample file's tensors: floating point, ``latent`` (C, T, H, W), ``context`` (L, D), finite."""
+    for name, tensor, layout in (("latent", latent, "(C, T, H, W)"), ("context", context, "(L, D)")):
+        if not tensor.is_floating_point():
+            raise ValueError(f"sample file {path}: {name} must be floating point; got {tensor.dtype}")
+        if tensor.ndim != len(layout.split(",")):
+            raise ValueError(f"sample file {path}: {name} must be {layout}; got shape {tuple(tensor.shape)}")
+    require_finite({"latent": latent, "context": context}, f"sample file {path}")
 
 
 def _squeeze_batch(tensor: Tensor, batched_ndim: int, name: str) -> Tensor:

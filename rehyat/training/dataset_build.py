@@ -15,11 +15,9 @@ import torch
 from torch import Tensor
 
 from ..config import require_int, require_real
+from ..video_latent import WAN_LATENT_CHANNELS
 from .flow_matching import ModelFn, euler_sample
 
-WAN_LATENT_CHANNELS = 16
-WAN_TIME_STRIDE = 4  # the Wan VAE: 1 + 4·k video frames → 1 + k latent frames
-WAN_SPACE_STRIDE = 8
 WAN21_DATASET_MODEL = {
     "family": "wan2.1",
     "latent_space": "model (Wan21 latent format, process_in)",
@@ -27,30 +25,6 @@ WAN21_DATASET_MODEL = {
 }
 """The ``model`` entry of Wan2.1 T2V datasets (the CLI and the ComfyUI node write the same one)."""
 _IMAGE_EXTRAS = ("clip_vision_output", "concat_latent_image", "concat_mask", "reference_latents")
-
-
-def video_latent_shape(
-    frames: int, height: int, width: int, channels: int = WAN_LATENT_CHANNELS
-) -> tuple[int, int, int, int]:
-    """(C, T, H, W) of the Wan2.1 latent of a ``frames`` × ``height`` × ``width`` video.
-
-    Raises:
-        ValueError: frames not 1 + 4k, or sizes not multiples of 16 (Wan's 8× VAE + 2×2 patches).
-    """
-    require_int("frames", frames, low=1)
-    require_int("height", height, low=16)
-    require_int("width", width, low=16)
-    if (frames - 1) % WAN_TIME_STRIDE:
-        raise ValueError(f"frames must be 1 + 4·k (e.g. 81, 49, 17); got {frames}")
-    for name, size in (("height", height), ("width", width)):
-        if size % 16:
-            raise ValueError(f"{name} must be a multiple of 16; got {size}")
-    return (
-        channels,
-        (frames - 1) // WAN_TIME_STRIDE + 1,
-        height // WAN_SPACE_STRIDE,
-        width // WAN_SPACE_STRIDE,
-    )
 
 
 def conditioning_tensor(conditioning: Any, what: str = "conditioning") -> Tensor:

@@ -19,24 +19,24 @@ ends with the same φ as an uninterrupted run. Output: a φ file written with
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from ..config import ConversionConfig
-from ..hybrid import HybridAttention
-from ..ops import chunk_layout
+from ..hybrid import HybridAttention, build_attention
 from ..weights import BaseModelInfo, apply_phi_tensors, collect_phi_tensors, save_phi_weights
-from .capture import AttentionCapture, CapturedAttention, CaptureSink, check_blocks
+from .capture import AttentionCapture, CaptureSink, check_blocks
+from .distill_progress import DistillProgress, pick_query_chunks
+from .distill_sinks import EvalSink, TrainSink
 from .distributed import DistributedContext, all_reduce_mean_
-from .options import DistillOptions, check_clip_length
+from .options import DistillOptions, check_clip_length, check_distillable
 from .plots import loss_curve_png_bytes
 from .runs import RunFolder
 from .student import BlockStudent, ErrorSums
@@ -87,16 +87,6 @@ class DistillResult:
     run_path: Path | None = None
 
 
-@dataclass
-class _Progress:
-    step: int = 0
-    group: int = 0
-    forward_in_group: int = 0
-    mean_loss: list[float] = field(default_factory=list)
-    block_loss: dict[str, list[float]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
 class Distiller:
     """Trains φ of ``conversion``'s blocks against ``teacher``.
 
@@ -128,18 +118,7 @@ class Distiller:
         self.teacher, self.conversion, self.options = teacher, conversion, options
         self.blocks = check_blocks(conversion.resolve_blocks(teacher.num_blocks), teacher.num_blocks)
         check_clip_length(teacher.latent_frames, conversion.attention)
-        if options.query_chunk_fraction < 1 and not conversion.attention.causal:
-            raise ValueError("query_chunk_fraction < 1 needs causal blocks; use 1 for non-causal ones")
-        variant = conversion.attention.variant
-        if variant == "windowed_softmax":
-            raise ValueError(
-                "variant='windowed_softmax' has no φ to distil (softmax windows only): convert without "
-                "distillation, or choose another variant"
-            )
-        if options.query_chunk_fraction < 1 and variant != "rehyat":
-            raise ValueError(
-                f"query_chunk_fraction < 1 needs variant='rehyat'; use 1 for the {variant!r} baseline"
-            )
+        check_distillable(conversion.attention, options)
         self.plan = TrajectoryPlan.build(num_prompts, options)
         self.ctx = ctx or DistributedContext()
         self.global_batch = options.batch_size * self.ctx.world_size
@@ -158,12 +137,12 @@ class Distiller:
             )
             for b in self.blocks
         }
-        self.progress = _Progress(block_loss={str(b): [] for b in self.blocks})
+        self.progress = DistillProgress(block_loss={str(b): [] for b in self.blocks})
         self._mid_step = False
 
     # ----------------------------------------------------------------------------------- training
 
-    def train(self) -> _Progress:
+    def train(self) -> DistillProgress:
         """Run (or resume) the optimisation up to ``options.iterations`` steps."""
         self._resume()
         started = time.perf_counter() - self.progress.seconds
@@ -171,7 +150,7 @@ class Distiller:
             while self.progress.step < self.options.iterations:
                 group = self.plan.group(self.progress.group, self.global_batch)
                 mine = group[self.ctx.rank :: self.ctx.world_size]
-                sink = _TrainSink(self, replay=self.progress.forward_in_group)
+                sink = TrainSink(self, replay=self.progress.forward_in_group)
                 with self.teacher.capture(self.blocks, sink) as capture:
                     self.teacher.sample(mine, capture)
                 self.progress.group += 1
@@ -217,7 +196,7 @@ class Distiller:
         with the initial φ ("before") and the current φ ("after")."""
         held_out = self.plan.held_out()
         mine = held_out[self.ctx.rank :: self.ctx.world_size]
-        sink = _EvalSink(self)
+        sink = EvalSink(self)
         for start in range(0, len(mine), self.options.batch_size):
             with self.teacher.capture(self.blocks, sink) as capture:
                 self.teacher.sample(mine[start : start + self.options.batch_size], capture)
@@ -253,7 +232,7 @@ class Distiller:
         }
 
     def save_phi(self, path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
-        """Write the trained φ atomically, with training metadata when the φ-file API takes it."""
+        """Write the trained φ atomically to a new file (``FileExistsError`` if ``path`` exists)."""
         training = {
             "steps": report["steps"],
             "trajectories": report["trajectories"],
@@ -264,25 +243,12 @@ class Distiller:
             "options": report["options"],
         }
         args = (path, self.hybrid, self.conversion, self.teacher.base_info(), self.teacher.fingerprint())
-        if "training" in inspect.signature(save_phi_weights).parameters:
-            return save_phi_weights(*args, training=training)
-        return save_phi_weights(*args)
+        return save_phi_weights(*args, training=training, replace=False)
 
     def query_chunks(self, frames: int, block: int) -> list[int] | None:
         """The query chunks block ``block`` trains on at the current step (None: all of them)."""
-        fraction = self.options.query_chunk_fraction
-        if fraction >= 1:
-            return None
-        cfg = self.conversion.attention
-        eligible = [
-            c.index for c in chunk_layout(frames, cfg.chunk_frames, cfg.overlap_frames) if c.window_start > 0
-        ]
-        count = max(1, math.ceil(fraction * len(eligible)))
-        generator = torch.Generator().manual_seed(
-            self.options.seed * 1_000_003 + self.progress.step * 1009 + block
-        )
-        picked = torch.randperm(len(eligible), generator=generator)[:count]
-        return sorted(eligible[i] for i in picked.tolist())
+        seed = self.options.seed * 1_000_003 + self.progress.step * 1009 + block
+        return pick_query_chunks(frames, self.conversion.attention, self.options.query_chunk_fraction, seed)
 
     def trajectories_used(self) -> int:
         """Training trajectories sampled so far (a batch counts once any of its forwards trained)."""
@@ -307,7 +273,7 @@ class Distiller:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.options.phi_seed)
             hybrid = {
-                b: HybridAttention(info.num_heads, info.head_dim, self.conversion.attention, b)
+                b: build_attention(info.num_heads, info.head_dim, self.conversion.attention, b)
                 for b in self.blocks
             }
         return {b: m.to(self.device) for b, m in hybrid.items()}
@@ -316,18 +282,9 @@ class Distiller:
         if self.run is None or not self.ctx.is_main:
             self.ctx.barrier()
             return
-        p = self.progress
         tensors = collect_phi_tensors(self.hybrid)
         optim = {str(b): s.optimizer.state_dict() for b, s in self.students.items()}
-        extra = {
-            "step": p.step,
-            "group": p.group,
-            "forward_in_group": p.forward_in_group,
-            "mean_loss": p.mean_loss,
-            "block_loss": p.block_loss,
-            "seconds": p.seconds,
-        }
-        self.run.save_checkpoint(p.step, tensors, optim, extra)
+        self.run.save_checkpoint(self.progress.step, tensors, optim, self.progress.to_extra())
         self.ctx.barrier()
 
     def _resume(self) -> None:
@@ -339,63 +296,7 @@ class Distiller:
         apply_phi_tensors(self.hybrid, checkpoint.tensors)
         for b, student in self.students.items():
             student.optimizer.load_state_dict(checkpoint.optimizer_state[str(b)])
-        e = checkpoint.extra
-        self.progress = _Progress(
-            step=e["step"],
-            group=e["group"],
-            forward_in_group=e["forward_in_group"],
-            mean_loss=list(e["mean_loss"]),
-            block_loss={k: list(v) for k, v in e["block_loss"].items()},
-            seconds=float(e.get("seconds", 0.0)),
-        )
-
-
-class _TrainSink:
-    """Trains every block on each captured forward; skips the first ``replay`` forwards (resume)."""
-
-    def __init__(self, distiller: Distiller, replay: int):
-        self.distiller, self.replay = distiller, replay
-        self.forwards = 0
-        self.training = False
-        self.losses: dict[int, float] = {}
-
-    def begin_forward(self) -> None:
-        self.forwards += 1
-        self.training = self.forwards > self.replay
-        self.distiller._mid_step = self.training
-        self.losses = {}
-
-    def attention(self, captured: CapturedAttention) -> None:
-        if self.training:
-            chunks = self.distiller.query_chunks(captured.grid.frames, captured.block)
-            self.losses[captured.block] = self.distiller.students[captured.block].train_step(captured, chunks)
-
-    def end_forward(self) -> None:
-        if self.training:
-            missing = set(self.distiller.blocks) - set(self.losses)
-            if missing:
-                raise RuntimeError(f"the teacher forward never reached blocks {sorted(missing)}")
-            self.distiller._after_step(self.losses)
-
-
-class _EvalSink:
-    """Accumulates before/after errors per block."""
-
-    def __init__(self, distiller: Distiller):
-        self.distiller = distiller
-        self.sums = {b: (ErrorSums(), ErrorSums()) for b in distiller.blocks}
-        self._before = {b: BlockStudent(m, lr=1.0) for b, m in distiller.initial.items()}
-
-    def begin_forward(self) -> None:
-        pass
-
-    def attention(self, captured: CapturedAttention) -> None:
-        before, after = self.sums[captured.block]
-        self._before[captured.block].measure(captured, before)
-        self.distiller.students[captured.block].measure(captured, after)
-
-    def end_forward(self) -> None:
-        pass
+        self.progress = DistillProgress.from_extra(checkpoint.extra)
 
 
 def run_identity(distiller: Distiller) -> dict[str, Any]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -18,21 +19,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..weights.atomic import atomic_save_file
+from ..atomic import atomic_save_file
 from .lora import LORA_ATTR, comfy_lora_state_dict, lora_modules
 from .trainable import phi_parameter_names
 
 
-def _new_file(path: str | os.PathLike[str]) -> Path:
+def _save_new(
+    tensors: Mapping[str, Tensor], metadata: Mapping[str, str], path: str | os.PathLike[str]
+) -> Path:
+    """Publish a new safetensors file at ``path`` — atomically, and never over an existing file."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"output file name must end in .safetensors; got {path.name!r}")
-    if path.exists():
-        raise FileExistsError(
-            f"{path} already exists: fine-tuning never overwrites a file; choose a new name"
-        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        return atomic_save_file(tensors, metadata, path, replace=False)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, f"{path} already exists: fine-tuning never overwrites a file; choose a new name",
+            str(path),
+        ) from None
 
 
 def _metadata(info: Mapping[str, Any] | None) -> dict[str, str]:
@@ -52,7 +58,7 @@ def save_comfy_lora(
     Keys: ``diffusion_model.<layer>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``.
     """
     tensors = comfy_lora_state_dict(model, rename=rename, dtype=dtype)
-    return atomic_save_file(tensors, _metadata(info), _new_file(path))
+    return _save_new(tensors, _metadata(info), path)
 
 
 def base_state_dict(model: nn.Module, *, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
@@ -94,4 +100,4 @@ def save_full_checkpoint(
     sd = base_state_dict(model, dtype=dtype)
     if rename is not None:
         sd = rename(sd)
-    return atomic_save_file(sd, _metadata(info), _new_file(path))
+    return _save_new(sd, _metadata(info), path)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import require_real
+from ..config import require_int, require_real
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """``model_fn(x_t, t, context) -> v_pred``: x_t (B, C, T, H, W), t (B,) = σ·1000, v_pred like x_t."""
@@ -165,8 +165,7 @@ def flow_matching_loss(
 
 def sampling_sigmas(steps: int, shift: float) -> torch.Tensor:
     """The Euler schedule: ``steps + 1`` shifted σ from 1 down to 0 (float32), like ComfyUI's "simple"."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1; got {steps!r}")
+    require_int("steps", steps, low=1)
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32), shift)
 
 

@@ -13,9 +13,8 @@ from typing import Any
 
 from ..config import HybridAttentionConfig, require_int, require_real
 from ..ops.layout import chunk_layout
+from ..video_latent import video_frame_count
 from .student import LOSSES
-
-VIDEO_FRAMES_PER_LATENT = 4  # Wan's VAE: latent frames T ↔ video frames 4·(T − 1) + 1
 
 
 @dataclass(frozen=True)
@@ -137,10 +136,27 @@ def check_clip_length(
     """Refuse clips whose every query chunk is pure softmax (φ would get no gradient)."""
     minimum = min_latent_frames(attention)
     if latent_frames < minimum:
-        video = VIDEO_FRAMES_PER_LATENT * (minimum - 1) + 1
+        video = video_frame_count(minimum)
         raise ValueError(
             f"{parameter}: a clip of {latent_frames} latent frames is too short to exercise the linear "
             f"attention with chunk_frames={attention.chunk_frames}, overlap_frames={attention.overlap_frames}"
             f"{'' if attention.causal else ' (non-causal)'}: every query chunk would be pure softmax and φ "
             f"would learn nothing. Use at least {minimum} latent frames ({video} video frames)."
+        )
+
+
+def check_distillable(attention: HybridAttentionConfig, options: DistillOptions) -> None:
+    """Refuse settings distillation cannot train: a conversion without φ, or query-chunk sampling
+    where the chunks do not separate a causal linear part."""
+    if options.query_chunk_fraction < 1 and not attention.causal:
+        raise ValueError("query_chunk_fraction < 1 needs causal blocks; use 1 for non-causal ones")
+    variant = attention.variant
+    if variant == "windowed_softmax":
+        raise ValueError(
+            "variant='windowed_softmax' has no φ to distil (softmax windows only): convert without "
+            "distillation, or choose another variant"
+        )
+    if options.query_chunk_fraction < 1 and variant != "rehyat":
+        raise ValueError(
+            f"query_chunk_fraction < 1 needs variant='rehyat'; use 1 for the {variant!r} baseline"
         )

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -203,9 +204,32 @@ class RunFolder:
         return path
 
     def load_latest(self) -> Checkpoint | None:
-        """The newest checkpoint, or None when the run has none yet."""
-        paths = self.checkpoint_paths()
-        return load_checkpoint(paths[-1]) if paths else None
+        """The newest intact checkpoint, or None when the run has none yet.
+
+        An unreadable checkpoint (truncated or damaged by a disk error …) is skipped with a warning
+        that names it, and the newest older one that reads is used. When none reads, a ValueError
+        names every file and what to do.
+        """
+        skipped: list[str] = []
+        for path in reversed(self.checkpoint_paths()):
+            try:
+                checkpoint = load_checkpoint(path)
+            except (OSError, ValueError) as err:
+                skipped.append(f"{path} ({err})")
+                continue
+            if skipped:
+                warnings.warn(
+                    f"skipped unreadable checkpoint(s) {'; '.join(skipped)}; resuming from {path.name} "
+                    f"(step {checkpoint.step}) instead",
+                    stacklevel=2,
+                )
+            return checkpoint
+        if skipped:
+            raise ValueError(
+                f"run folder {self.path}: no checkpoint is readable: {'; '.join(skipped)} — move them "
+                "out of its checkpoints folder to start over, or choose another run name"
+            )
+        return None
 
     # ------------------------------------------------------------------------------- other files
 
@@ -233,8 +257,23 @@ def tensors_digest(tensors: Sequence[Tensor]) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read one checkpoint file written by :meth:`RunFolder.save_checkpoint` (safetensors only)."""
+    """Read one checkpoint file written by :meth:`RunFolder.save_checkpoint` (safetensors only).
+
+    Raises:
+        ValueError: naming the file, for a file that is damaged or not a ReHyAt run checkpoint.
+    """
     path = Path(path)
+    try:
+        return _read_checkpoint(path)
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"checkpoint {path} is unreadable: {err}") from None
+    except (KeyError, TypeError, IndexError, safetensors.SafetensorError) as err:
+        raise ValueError(f"checkpoint {path} is damaged: {type(err).__name__}: {err}") from None
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
     with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
         metadata = dict(handle.metadata() or {})
         if metadata.get("format") != CHECKPOINT_FORMAT:

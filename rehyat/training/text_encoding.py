@@ -23,7 +23,10 @@ def load_umt5(
     try:
         from transformers import AutoTokenizer, UMT5EncoderModel
     except ImportError as err:
-        raise ValueError("--text-encoder needs the 'transformers' package: pip install transformers") from err
+        raise ValueError(
+            "--text-encoder needs the 'transformers' and 'sentencepiece' packages: "
+            "pip install 'comfyui-rehyat[text]'"
+        ) from err
     if not os.path.isdir(path):
         raise ValueError(f"--text-encoder {path!r} is not a directory with a umT5 encoder and its tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -7,7 +7,7 @@ One job per module:
 * :mod:`.base_model` — :class:`BaseModelInfo`, the shape of the model a file was made for;
 * :mod:`.fingerprint` — the base model's self-attention fingerprint and its tolerance;
 * :mod:`.compatibility` — :func:`check_compatible`: does a file fit a model;
-* :mod:`.atomic` — atomic safetensors writes;
+* ``atomic_save_file`` — from :mod:`rehyat.atomic` (every atomic write of the package);
 * :mod:`.folders` — resolving node-input file names inside a models folder.
 
 Every public name is importable from ``rehyat.weights``.
@@ -15,7 +15,7 @@ Every public name is importable from ``rehyat.weights``.
 
 from __future__ import annotations
 
-from .atomic import atomic_save_file
+from ..atomic import atomic_save_file
 from .base_model import BaseModelInfo
 from .compatibility import check_compatible
 from .fingerprint import (
@@ -36,7 +36,7 @@ from .fingerprint import (
     self_attention_fingerprint,
     tensor_statistics,
 )
-from .folders import check_relative_name, resolve_in_folder
+from .folders import MAX_NAME_BYTES, check_name_length, check_relative_name, resolve_in_folder
 from .phi_file import FORMAT, FORMAT_VERSION, PhiWeights, load_phi_weights, save_phi_weights
 from .phi_tensors import (
     PHI_MAPS,
@@ -56,6 +56,7 @@ __all__ = [
     "FINGERPRINT_STATS",
     "FORMAT",
     "FORMAT_VERSION",
+    "MAX_NAME_BYTES",
     "PHI_MAPS",
     "PHI_PARAMS",
     "SCALE_SUFFIX",
@@ -66,6 +67,7 @@ __all__ = [
     "atomic_save_file",
     "check_compatible",
     "check_fingerprint_values",
+    "check_name_length",
     "check_phi_shapes",
     "check_relative_name",
     "collect_phi_tensors",

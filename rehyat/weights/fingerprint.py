@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import require_int
 from ..keymap import LAYOUTS, Layout, self_attention_keys
 from .base_model import BaseModelInfo
 
@@ -154,8 +155,7 @@ def self_attention_fingerprint(get_tensor: TensorGetter, num_layers: int, layout
     Returns:
         ``fingerprint_length(num_layers)`` floats.
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be an integer ≥ 1; got {num_layers!r}")
+    require_int("num_layers", num_layers, low=1)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
     values: list[float] = []

@@ -5,6 +5,27 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+MAX_NAME_BYTES = 255
+"""The longest file or folder name (one path component) common file systems accept, in bytes."""
+
+
+def check_name_length(name: str | os.PathLike[str], what: str) -> str:
+    """``name`` if none of its components (``/`` or ``\\`` separated) is longer than 255 bytes.
+
+    Raises:
+        ValueError: naming ``what``, the too-long component and its length (instead of the
+            operating system's ENAMETOOLONG traceback at write time).
+    """
+    text = os.fspath(name)
+    for part in PureWindowsPath(text).parts:
+        size = len(os.fsencode(part))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(
+                f"{what}: the name {part[:40]!r}… is {size} bytes long; file and folder names are "
+                f"limited to {MAX_NAME_BYTES} bytes — choose a shorter one"
+            )
+    return str(name)
+
 
 def check_relative_name(name: str, what: str = "φ file name") -> str:
     """``name`` if it is a non-empty relative path without ``..`` or NUL (``/`` or ``\\`` separators).
@@ -20,6 +41,7 @@ def check_relative_name(name: str, what: str = "φ file name") -> str:
         raise ValueError(f"{what} {name!r} must be relative to its folder, not absolute")
     if ".." in PureWindowsPath(name).parts or ".." in PurePosixPath(name).parts:
         raise ValueError(f"{what} {name!r} must not contain '..'")
+    check_name_length(name, what)
     return name
 
 

@@ -14,7 +14,7 @@ metadata that says what they belong to:
 
 Tensors are named ``blocks.{i}.phi_q.weight1`` … ``blocks.{i}.phi_k.bias2`` and stored contiguous in
 fp32. Files are only ever read with ``safetensors`` (never ``torch.load`` / pickle), and written
-atomically (see :mod:`rehyat.weights.atomic`).
+atomically (see :mod:`rehyat.atomic`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import safetensors
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_save_file
 from ..config import ConversionConfig
+from ..finite import require_finite
 from ..hybrid import HybridAttention
-from .atomic import atomic_save_file
 from .base_model import BaseModelInfo
 from .fingerprint import check_fingerprint_values
 from .phi_tensors import (
@@ -89,11 +90,32 @@ def _training_json(training: Any) -> str:
         raise ValueError(f"training keys must be strings; got {bad_keys!r}")
     try:
         return _json(dict(training))
+    except RecursionError:
+        raise ValueError("training metadata is nested too deeply to store as JSON") from None
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"training metadata must be JSON-serialisable (finite numbers, strings, bools, None, lists, "
             f"mappings): {err}"
         ) from None
+
+
+def _check_training_conversion(
+    training: Mapping[str, Any] | None, config: ConversionConfig, where: str
+) -> None:
+    """Refuse a ``training`` record whose ``conversion`` (Tc, To, causal) contradicts ``config``."""
+    record = training.get("conversion") if isinstance(training, Mapping) else None
+    if not isinstance(record, Mapping):
+        return
+    attention = record.get("attention", record)
+    if not isinstance(attention, Mapping):
+        return
+    for field in ("chunk_frames", "overlap_frames", "causal"):
+        if field in attention and attention[field] != getattr(config.attention, field):
+            raise ValueError(
+                f"{where}: training.conversion records {field}={attention[field]!r} but the φ's "
+                f"conversion_config has {field}={getattr(config.attention, field)!r} — the metadata "
+                "contradicts itself; which one the φ were trained with is unknown"
+            )
 
 
 def save_phi_weights(
@@ -103,12 +125,14 @@ def save_phi_weights(
     base: BaseModelInfo,
     fingerprint: list[float],
     training: Mapping[str, Any] | None = None,
+    *,
+    replace: bool = True,
 ) -> Path:
     """Write the φ of ``hybrid`` with their metadata to ``path`` atomically.
 
     Args:
         path: destination file (its directory must exist); an existing file is replaced only
-            once the new one is complete.
+            once the new one is complete — or, with ``replace=False``, never (``FileExistsError``).
         hybrid: converted block index -> its :class:`HybridAttention`.
         config: the conversion config; its resolved blocks must be exactly ``hybrid``'s keys and
             its attention config must be every module's config.
@@ -118,6 +142,7 @@ def save_phi_weights(
             "steps": 2000, "prompts": 500, "teacher": "Wan2.1-T2V-1.3B"}``): a mapping with string
             keys whose values are JSON-serialisable (finite numbers, strings, bools, None, lists,
             mappings); stored as JSON, read back as :attr:`PhiWeights.training`.
+        replace: False: publish a new file only (see :func:`rehyat.atomic.atomic_write`).
 
     Returns:
         The path written.
@@ -152,7 +177,9 @@ def save_phi_weights(
                 )
     fingerprint = check_fingerprint_values(fingerprint, base, "fingerprint")
     training_json = None if training is None else _training_json(training)
+    _check_training_conversion(training, config, "training metadata")
     tensors = collect_phi_tensors(hybrid)
+    require_finite(tensors, f"φ to save to {path}")
 
     from .. import __version__  # late import: the package may import this module
 
@@ -167,7 +194,7 @@ def save_phi_weights(
     }
     if training_json is not None:
         metadata["training"] = training_json
-    atomic_save_file(tensors, metadata, path)
+    atomic_save_file(tensors, metadata, path, replace=replace)
     return path
 
 
@@ -178,6 +205,8 @@ def _metadata_json(metadata: Mapping[str, str], name: str, path: Path) -> Any:
         return json.loads(metadata[name])
     except json.JSONDecodeError as err:
         raise ValueError(f"φ file {path}: metadata field {name!r} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"φ file {path}: metadata field {name!r} is nested too deeply (damaged?)") from None
 
 
 def load_phi_weights(path: str | os.PathLike[str]) -> PhiWeights:
@@ -245,11 +274,13 @@ def load_phi_weights(path: str | os.PathLike[str]) -> PhiWeights:
             )
         tensors[key] = tensor.to(torch.float32)
     check_phi_shapes(tensors, blocks, config.attention.feature_map, base, "the file's own metadata")
+    require_finite(tensors, f"φ file {path}")
     training = None
     if "training" in metadata:
         training = _metadata_json(metadata, "training", path)
         if not isinstance(training, dict):
             raise ValueError(f"φ file {path}: training metadata must be a JSON object; got {training!r}")
+        _check_training_conversion(training, config, f"φ file {path}")
     return PhiWeights(config, blocks, base, fingerprint, tensors, version, training,
                       metadata.get("rehyat_version", "unknown"))
 

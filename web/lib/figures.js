@@ -20,7 +20,8 @@ export const WAN21_MODELS = Object.freeze({
   "14B": Object.freeze({ dim: 5120, heads: 40, blocks: 40 }),
 });
 
-/** Defaults of rehyat/config.py: Tc, To, causal and the φ widths (per head). */
+/** Defaults of rehyat/config.py: Tc, To, causal and the φ widths (per head); tests/test_web_extension.py
+ * pins them (and WAN21's strides, rehyat/video_latent.py) equal to the Python side. */
 export const REHYAT_DEFAULTS = Object.freeze({
   chunkFrames: 3,
   overlapFrames: 1,

@@ -1,0 +1,14 @@
+"""The fidelity table's attention baselines, kept off the product path.
+
+Linear-only (Hedgehog style), windowed softmax (ReHyAt's softmax windows, no linear part) and
+uniform hybrid (Attention Surgery style) run through :class:`BaselineAttention`, which has
+:class:`~rehyat.hybrid.HybridAttention`'s interface so the model adapters and distillation treat a
+baseline block like a ReHyAt one; :func:`rehyat.hybrid.build_attention` builds it for a config whose
+``variant`` is not ``"rehyat"``. Parallel form only: a baseline has no recurrent form.
+"""
+
+from __future__ import annotations
+
+from .attention import BaselineAttention
+
+__all__ = ["BaselineAttention"]
