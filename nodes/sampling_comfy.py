@@ -1,7 +1,8 @@
 """ComfyUI glue of the ReHyAt chunked samplers: SAMPLER objects, progress, previews, decode, stats.
 
 The maths lives in ``rehyat.streaming`` (drivers, state store, noise, progressive decoder) and
-``rehyat.integrations.comfyui_wan`` (the chunked DiT forward, memory sizing); this module binds
+``rehyat.integrations`` (``comfyui_chunks``: the chunked DiT forward, ``comfyui_memory``: memory
+sizing, ``comfyui_conditioning``: a chunk's conds); this module binds
 them to ComfyUI's samplers, progress bar, latent previews, websocket, VAE and output folder.
 
 Python entry points (used by the nodes, tests and benchmarks):
@@ -42,12 +43,12 @@ from ..rehyat.streaming import (
     ProgressiveWanDecoder,
     StateStore,
     check_streamable,
-    resolve_state_device,
     sample_streaming,
     sample_sweep,
     state_store_bytes,
 )
 from ..rehyat.streaming.accounting import conditionings_per_evaluation, evaluations_per_step
+from ..rehyat.streaming.store import StorePlan, plan_state_store
 
 LOG = logging.getLogger("rehyat")
 PROGRESS_EVENT = "rehyat.chunk_progress"
@@ -69,6 +70,7 @@ class ChunkedRun:
     steps: int = 0
     state_store_bytes: int = 0
     store_device: str = ""
+    store_plan: StorePlan | None = None  # decided once before loading (reservation and store agree)
     last_reported: int = field(default=-1, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,8 +143,9 @@ def chunked_sampler(run: ChunkedRun) -> comfy.samplers.KSAMPLER:
             )
         estimate = estimate_store_bytes(patcher, x, sigmas, guider, run.sampler_name)
         free = comfy.model_management.get_free_memory(x.device) if x.device.type != "cpu" else None
-        device = resolve_state_device(run.state_device, x.device, store_bytes=estimate, free_bytes=free)
-        store = StateStore(device)
+        plan = run.store_plan or plan_state_store(run.state_device, x.device, store_bytes=estimate,
+                                                  free_bytes=free)
+        store = StateStore(plan.device)
         run.store_device = str(store.device)
         LOG.info("ReHyAt streaming: state store ≈ %.1f MiB on %s (%s)", estimate / 2**20, store.device,
                  run.sampler_name)
@@ -260,9 +263,12 @@ def run_chunked_ksampler(
         sampling_model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler,
         denoise=denoise, model_options=sampling_model.model_options,
     ).sigmas
-    if order == "streaming" and state_device == "gpu" and model.load_device.type != "cpu":
+    if order == "streaming":  # one decision ("gpu", or "auto" choosing the GPU) for reservation and store
         guess = estimate_store_bytes(model, latent_image, sigmas, None, sampler_name)
-        options[CHUNKED_KEY]["device_state_bytes"] = guess  # counted by the prepare-sampling wrapper
+        load = model.load_device
+        free = comfy.model_management.get_free_memory(load) if load.type != "cpu" else None
+        run.store_plan = plan_state_store(state_device, load, store_bytes=guess, free_bytes=free)
+        options[CHUNKED_KEY]["device_state_bytes"] = run.store_plan.reserved_bytes  # prepare-sampling wrapper
     device = model.load_device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

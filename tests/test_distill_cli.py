@@ -392,3 +392,10 @@ def test_rerunning_a_finished_run_keeps_its_phi_file_and_writes_a_numbered_one(f
     extended = safetensors.torch.load_file(str(tmp_path / "run" / "phi_00001_.safetensors"))
     assert any(not torch.equal(v, safetensors.torch.load_file(str(tmp_path / "run" / "phi.safetensors"))[k])
                for k, v in extended.items())
+
+
+def test_os_errors_get_one_line_not_a_traceback(files, tmp_path, capsys):
+    (tmp_path / "a_file").write_bytes(b"x")
+    args = base_args(files, tmp_path / "a_file", "run")  # --runs-dir is a file: the run folder cannot be made
+    code, err = run_cli_in_process([*args, "--iterations", "1"], capsys)
+    assert code == 2 and "error:" in err and "a_file" in err and "Traceback" not in err, err

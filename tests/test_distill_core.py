@@ -431,3 +431,33 @@ def test_bad_inputs_get_clear_errors(wan, tmp_path):
     with pytest.raises(ValueError, match=r"differs in: options.lr"):
         RunFolder(tmp_path, "run", run_identity(other))
     assert os.listdir(tmp_path) == ["run"]
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    OSError(30, "Read-only file system"),
+    "safetensors",
+])
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one_and_says_where_and_why(
+    tmp_path, monkeypatch, failure
+):
+    import safetensors.torch as st
+
+    run = RunFolder(tmp_path, "run", {"model": "tiny"}, keep_last=1)
+    run.save_checkpoint(1, {"p": torch.ones(3)}, {})
+    before = run.checkpoint_paths()[0].read_bytes()
+
+    def failing(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * 10)  # torn
+        if failure == "safetensors":
+            raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+        raise failure
+
+    monkeypatch.setattr(st, "save_file", failing)
+    with pytest.raises(OSError, match=r"checkpoint 2 .*not written .*(No space|Read-only|serializing).*"
+                                      r"checkpoint-00000001\.safetensors.* intact"):
+        run.save_checkpoint(2, {"p": torch.full((3,), 2.0)}, {})
+    assert [p.name for p in run.checkpoint_paths()] == ["checkpoint-00000001.safetensors"]
+    assert run.checkpoint_paths()[0].read_bytes() == before
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.endswith(".tmp")]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,24 +44,17 @@ def _in_process(dataset: Path, steps: int, batch: int, micro: int) -> dict[str, 
     return trained_tensors(result)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run(args: list[str], nproc: int = 1, timeout: float = 240) -> None:
+def _run(args: list[str], nproc: int = 1, timeout: float = 240, script: Path = SCRIPT) -> None:
     if nproc == 1:
-        cmd = [sys.executable, str(SCRIPT), *args]
+        cmd = [sys.executable, str(script), *args]
     else:
         cmd = [
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # torchrun picks a free port itself: no race between picking and binding
             f"--nproc_per_node={nproc}",
-            f"--master_port={_free_port()}",
-            "--master_addr=127.0.0.1",
-            str(SCRIPT),
+            str(script),
             *args,
         ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
@@ -118,3 +110,9 @@ def test_sigkill_then_resume_equals_uninterrupted(dataset, tmp_path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_teardown_waits_for_every_rank_before_leaving_the_group(tmp_path) -> None:
+    """No rank destroys the group while another still uses it (the cause of exit-time aborts)."""
+    _run([str(tmp_path)], nproc=2, script=SCRIPT.parent / "teardown_order.py", timeout=120)
+    assert (tmp_path / "rank1_waited").exists(), sorted(p.name for p in tmp_path.iterdir())

@@ -320,3 +320,18 @@ def test_a_schedule_without_steps_is_refused(order):
     for sigmas in (torch.tensor([1.0]), torch.ones(2, 2), torch.tensor([1.0, float("nan")])):
         with pytest.raises(ValueError, match="sigmas"):
             run(euler, FrameLocalModel(), x, sigmas, **kwargs)
+
+
+def test_one_store_plan_serves_the_memory_estimate_and_the_store():
+    from rehyat.streaming.store import plan_state_store
+
+    cuda, mib = torch.device("cuda"), 2**20  # no GPU needed: nothing is allocated
+    auto_fits = plan_state_store("auto", cuda, store_bytes=10 * mib, free_bytes=100 * mib)
+    assert auto_fits.device == cuda and auto_fits.reserved_bytes == 10 * mib  # auto chose the GPU: reserve
+    auto_big = plan_state_store("auto", cuda, store_bytes=30 * mib, free_bytes=100 * mib)
+    assert auto_big.device.type == "cpu" and auto_big.reserved_bytes == 0
+    gpu = plan_state_store("gpu", cuda, store_bytes=30 * mib, free_bytes=100 * mib)
+    assert gpu.device == cuda and gpu.reserved_bytes == 30 * mib
+    assert plan_state_store("cpu", cuda, store_bytes=mib).reserved_bytes == 0
+    on_cpu = plan_state_store("gpu", torch.device("cpu"), store_bytes=mib)
+    assert on_cpu.device.type == "cpu" and on_cpu.reserved_bytes == 0

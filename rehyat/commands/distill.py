@@ -160,11 +160,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the teacher, train (or resume), evaluate, write φ and the report."""
 
-    from ..config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
-    from ..training.distill import DistillCancelled, Distiller, run_distillation, run_identity
+    from ..training.distill import DistillCancelled
+    from ..training.distill_job import DistillInputs, DistillJob, conversion_for
     from ..training.distributed import init_distributed, teardown_distributed
+    from ..training.job import TrainingHooks
     from ..training.report import format_report
-    from ..training.runs import RunFolder, validate_run_name
+    from ..training.runs import validate_run_name
     from ..training.wandit_teacher import WanDiTTeacher
     from ..video_latent import video_latent_shape
 
@@ -179,31 +180,35 @@ def run(args: argparse.Namespace) -> int:
     sampling = TeacherSampling(
         steps=args.steps, cfg=args.cfg, shift=args.shift, eta=args.eta, capture_stride=args.capture_stride
     )
-    options = DistillOptions(
-        iterations=args.iterations,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        phi_seed=args.phi_seed,
-        eval_seed=args.eval_seed,
-        eval_seeds=args.eval_seeds,
-        holdout_prompts=args.holdout_prompts,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        query_chunk_fraction=args.query_chunk_fraction,
-    )
-    conversion = ConversionConfig(
-        num_blocks=args.num_blocks,
-        placement=args.placement,
-        blocks=tuple(args.blocks) if args.blocks else None,
-        attention=HybridAttentionConfig(
+    inputs = DistillInputs(
+        conversion=conversion_for(
+            num_blocks=args.num_blocks,
+            placement=args.placement,
+            blocks=tuple(args.blocks) if args.blocks else None,
             chunk_frames=args.chunk_frames,
             overlap_frames=args.overlap_frames,
             causal=not args.non_causal,
-            feature_map=FeatureMapConfig(hidden_dim=args.phi_hidden_dim, feature_dim=args.phi_feature_dim),
+            phi_hidden_dim=args.phi_hidden_dim,
+            phi_feature_dim=args.phi_feature_dim,
         ),
+        options=DistillOptions(
+            iterations=args.iterations,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            loss=args.loss,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            phi_seed=args.phi_seed,
+            eval_seed=args.eval_seed,
+            eval_seeds=args.eval_seeds,
+            holdout_prompts=args.holdout_prompts,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            query_chunk_fraction=args.query_chunk_fraction,
+        ),
+        runs_dir=args.runs_dir,
+        run_name=args.run_name,
+        output=output,
     )
 
     ctx = init_distributed(args.device)
@@ -213,31 +218,17 @@ def run(args: argparse.Namespace) -> int:
         prompts, negative = load_prompts(args, model.config.text_dim)
         latent = video_latent_shape(args.length, args.height, args.width, model.config.in_dim, exact=False)
         teacher = WanDiTTeacher(model, prompts, negative, latent, sampling)
-        bar = _progress_bar(ctx.is_main and not args.no_progress, options.iterations)
-        distiller = Distiller(
-            teacher,
-            conversion,
-            options,
-            len(prompts),
-            ctx=ctx,
-            device=ctx.device,
-            on_step=bar.update if bar is not None else None,
-        )
-        if ctx.is_main:
-            distiller.run = RunFolder(
-                args.runs_dir, args.run_name, run_identity(distiller), keep_last=options.keep_checkpoints
-            )
-        ctx.barrier()
-        if not ctx.is_main:
-            distiller.run = RunFolder(args.runs_dir, args.run_name, run_identity(distiller), create=False)
+        bar = _progress_bar(ctx.is_main and not args.no_progress, inputs.options.iterations)
+        hooks = TrainingHooks(on_step=bar.update if bar is not None else None)
+        job = DistillJob(inputs, teacher, len(prompts), ctx=ctx, device=ctx.device, hooks=hooks)
+        run_path = job.open_run()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if ctx.world_size == 1 else None
         try:
-            result = run_distillation(distiller)
-            phi_path = write_phi(distiller, result.report, output) if ctx.is_main else None
+            outputs = job.run()
         except (KeyboardInterrupt, DistillCancelled):
             if ctx.is_main:
                 print(
-                    f"\ninterrupted: run folder {distiller.run.path} holds the last checkpoint; "
+                    f"\ninterrupted: run folder {run_path} holds the last checkpoint; "
                     "run the same command again to resume"
                 )
             return 130
@@ -247,38 +238,15 @@ def run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         if ctx.is_main:
+            report = outputs.result.report
             print(
-                json.dumps(result.report, indent=2)
+                json.dumps(report, indent=2)
                 if args.json
-                else format_report(result.report)
-                + f"\nφ file: {phi_path}\nrun folder: {result.run_path}"
+                else format_report(report) + f"\nφ file: {outputs.phi_path}\nrun folder: {outputs.run_path}"
             )
         return 0
     finally:
         teardown_distributed()
-
-
-def write_phi(distiller, report: dict, output: Path | None) -> Path:
-    """Write the trained φ as a new file: ``output``, or ``<run>/phi.safetensors`` (``phi_00001_…`` when
-    a previous run of the folder left one). Nothing is ever overwritten."""
-    from ..atomic import create_numbered
-
-    if output is None:
-        run = distiller.run.path
-        return create_numbered(
-            lambda n: run / ("phi.safetensors" if n == 0 else f"phi_{n:05}_.safetensors"),
-            lambda path: distiller.save_phi(path, report),
-            first=0,
-        )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return distiller.save_phi(output, report)
-    except FileExistsError:
-        raise ValueError(
-            f"--output {output} was created by something else while distilling; it is kept and the φ "
-            f"were not written — run the same command with another --output (it resumes from the "
-            f"run folder {distiller.run.path} without training again)"
-        ) from None
 
 
 def load_wan(path: str):

@@ -142,16 +142,17 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
     from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from ..atomic import create_file_group
     from ..models.wan import WanDiT
     from ..models.wan_rehyat import conversion_config, load_phi, save_phi
     from ..training.dataset import LatentDataset
     from ..training.distributed import init_distributed, teardown_distributed
     from ..training.export import save_comfy_lora, save_full_checkpoint
-    from ..training.finetune import FinetuneConfig, finetune
+    from ..training.finetune import FinetuneConfig
+    from ..training.finetune_job import FinetuneInputs, FinetuneJob
     from ..training.flow_matching import FlowMatchingConfig
+    from ..training.job import OutputFile, TrainingHooks
     from ..training.plots import loss_curve_png
-    from ..training.runs import RunFolder, validate_run_name
+    from ..training.runs import validate_run_name
 
     validate_run_name(args.run_name, "--run-name")
     output = args.output or {"lora": "lora", "phi": "phi"}.get(args.trainable, "full")
@@ -203,11 +204,6 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
             "dataset": dataset.identity(),
             "finetune": config.identity(),
         }
-        runs_dir = Path(args.runs_dir)
-        if ctx.is_main:
-            RunFolder(runs_dir, args.run_name, identity)
-        ctx.barrier()
-        run_folder = RunFolder(runs_dir, args.run_name, identity, create=False)
         bar = tqdm(total=config.steps, desc="finetune", unit="step", disable=not ctx.is_main)
 
         def progress(step: int, total: int, loss: float) -> None:
@@ -215,28 +211,22 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.refresh()
 
-        result = finetune(
-            model, lambda x, t, c: model(x, t, c), dataset, config, run=run_folder, ctx=ctx, progress=progress
+        inputs = FinetuneInputs(config, args.runs_dir, args.run_name, identity)
+        job = FinetuneJob(
+            inputs, model, lambda x, t, c: model(x, t, c), dataset, ctx=ctx, hooks=TrainingHooks(progress)
         )
+        done = job.run()
+        result, run_folder = done.result, done.run
         bar.close()
         if not ctx.is_main:
             return None
         out_dir = Path(args.output_dir) if args.output_dir else run_folder.path
-        info = {
-            "stage": "finetune",
-            "steps": result.step,
-            "learning_rate": learning_rate,
-            "trainable": config.trainable,
-            "batch_size": config.batch_size,
-            "seed": config.seed,
-            "dataset_samples": len(dataset),
-            "base_model": model_path.name,
-            "resumed_from": result.resumed_from,
-        }
-        outputs = []  # (key, folder, suffix, save): new files sharing one free stem, never overwriting
+        info = job.record(result, dataset_samples=len(dataset), base_model=model_path.name)
+        outputs = []  # new files sharing one free stem, never overwriting
         if output == "lora":
             outputs.append(
-                ("lora", out_dir, "_lora.safetensors", lambda p: save_comfy_lora(model, p, info=info))
+                OutputFile("lora", out_dir, "_lora.safetensors",
+                           lambda p: save_comfy_lora(model, p, info=info))
             )
         elif output == "full":
             from ..training.lora import merge_lora
@@ -244,16 +234,15 @@ def finetune_from_args(args: argparse.Namespace) -> dict | None:
             merge_lora(model)
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.full_dtype]
             outputs.append(
-                ("full", out_dir, ".safetensors",
-                 lambda p: save_full_checkpoint(model, p, info=info, dtype=dtype))
+                OutputFile("full", out_dir, ".safetensors",
+                           lambda p: save_full_checkpoint(model, p, info=info, dtype=dtype))
             )
         if conversion_config(model) is not None:
             outputs.append(
-                ("phi", out_dir, "_phi.safetensors",
-                 lambda p: save_phi(model, p, training=info, replace=False))
+                OutputFile("phi", out_dir, "_phi.safetensors",
+                           lambda p: save_phi(model, p, training=info, replace=False))
             )
-        saved = create_file_group(f"{args.run_name}_s{result.step}", [item[1:] for item in outputs])
-        files = {item[0]: str(path) for item, path in zip(outputs, saved, strict=True)}
+        files = job.write_outputs(result, args.run_name, outputs)
         files["loss_curve"] = str(
             loss_curve_png(
                 {"flow-matching loss": result.losses},

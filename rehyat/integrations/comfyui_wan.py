@@ -163,6 +163,21 @@ def patch_comfy_wan(
     return clone
 
 
+def unpatched_clone(model_patcher: Any) -> Any:
+    """A clone of a model patched by :func:`patch_comfy_wan` without the ReHyAt patch (its object
+    patches, wrapper and attachment); the patched model itself is untouched."""
+    patch = comfy_patch_info(model_patcher)
+    if patch is None:
+        raise ValueError("this model is not ReHyAt-patched: there is no ReHyAt patch to remove")
+    clone = model_patcher.clone()
+    for index in patch.blocks:  # ModelPatcher has no public way to drop an object patch
+        clone.object_patches.pop(_SELF_ATTN.format(index), None)
+    clone.remove_wrappers_with_key(DIFFUSION_MODEL_WRAPPER, WRAPPER_KEY)
+    clone.remove_wrappers_with_key(PREPARE_SAMPLING_WRAPPER, WRAPPER_KEY)
+    clone.attachments.pop(ATTACHMENT_KEY, None)
+    return clone
+
+
 def build_hybrid_modules(
     wan: nn.Module, config: ConversionConfig, blocks: tuple[int, ...]
 ) -> dict[int, HybridAttention]:

@@ -72,6 +72,31 @@ def resolve_state_device(
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class StorePlan:
+    """Where the streaming state store lives, decided once per run (see :func:`plan_state_store`).
+
+    Attributes:
+        device: the store's device.
+        reserved_bytes: compute-device memory to set aside for the store before the model is loaded
+            (the store's estimated size when it lives there; 0 when it is offloaded or on the CPU).
+    """
+
+    device: torch.device
+    reserved_bytes: int
+
+
+def plan_state_store(
+    state_device: str, compute_device: torch.device, *, store_bytes: int, free_bytes: int | None = None,
+) -> StorePlan:
+    """One decision for both the memory estimate and the store: :func:`resolve_state_device`, plus
+    the bytes to reserve on the compute device whenever the store ends up there (``"gpu"`` or ``"auto"``)."""
+    device = resolve_state_device(
+        state_device, compute_device, store_bytes=store_bytes, free_bytes=free_bytes
+    )
+    return StorePlan(device, int(store_bytes) if device.type != "cpu" else 0)
+
+
 def _detached_copy(state: RecurrentState, device: torch.device) -> RecurrentState:
     """A copy of a batch-1 view on ``device`` (pinned host memory when offloading from CUDA)."""
     if state.kv.device != device:

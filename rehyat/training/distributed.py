@@ -8,6 +8,7 @@ variables; :func:`init_distributed` reads them and starts a process group — ``
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,8 +94,20 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
 
 
 def teardown_distributed() -> None:
-    """Destroy the process group if one is running (safe to call always)."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group cleanly if one is running (safe to call always).
+
+    On a normal exit every rank first meets at a barrier, so no rank destroys its group (closing its
+    gloo / nccl connections and, on rank 0, the rendezvous store) while a peer still uses them — a
+    race that can abort the peer at exit ("terminate called without an active exception"). When an
+    exception is propagating (called from a ``finally``), the barrier is skipped: the other ranks
+    may never arrive.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if sys.exc_info()[0] is None:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

@@ -198,7 +198,17 @@ class RunFolder:
             "rng": json.dumps(rng_json),
         }
         path = self.path / CHECKPOINT_DIR / f"checkpoint-{step:08d}.safetensors"
-        atomic_save_file(flat, metadata, path)
+        try:
+            atomic_save_file(flat, metadata, path)
+        except (OSError, safetensors.SafetensorError) as err:  # disk full, read-only, quota, …
+            kept = [p for p in self.checkpoint_paths() if p != path]
+            intact = f"the last checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists"
+            reason = f"{err.strerror} [errno {err.errno}]" if getattr(err, "strerror", None) else str(err)
+            raise OSError(
+                getattr(err, "errno", None) or 5,
+                f"checkpoint {step} was not written to {path.parent} ({reason}); {intact} — free space or "
+                "make the folder writable, then run the same command again to resume from it",
+            ) from None
         for old in self.checkpoint_paths()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
