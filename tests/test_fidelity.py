@@ -117,10 +117,9 @@ def test_clip_metrics_against_the_teacher_and_the_ground_truth():
     worse = clip_metrics.against_teacher(clip.pixels, noisy.clamp(-1, 1), chunk_frames=3)
     assert 5 < worse["psnr_db"] < 40 and worse["cosine"] < 1 and worse["flicker_ratio"] > 1
     truth = clip_metrics.content(clip.pixels, clip.prompt)
-    assert truth == {"shapes_found": 1.0, "spurious": 0.0, "motion_plausible": 1.0}
+    assert truth == {"shapes_found": 1.0, "spurious": 0.0, "motion_plausible": 1.0, "kind_correct": 1.0}
     black = clip_metrics.content(-torch.ones_like(clip.pixels), clip.prompt)
     assert black["shapes_found"] == 0.0 and black["motion_plausible"] is None
-    assert clip_metrics.prompt_shapes("a red circle and a blue square collide") == ["red", "blue"]
     assert clip_metrics.content_cosine(clip.pixels, -torch.ones_like(clip.pixels)) == 0.0
     stats = clip_metrics.mean_and_sem([1.0, 3.0, None, math.nan])
     assert stats["mean"] == 2.0 and stats["n"] == 2 and stats["sem"] == pytest.approx(1.0)
