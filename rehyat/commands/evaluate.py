@@ -18,7 +18,9 @@ HELP = "score the embedded teacher or its ReHyAt student on held-out prompts aga
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``evaluate`` options."""
-    parser.add_argument("--model", choices=("teacher", "rehyat"), default="teacher", help="which model")
+    parser.add_argument(
+        "--model", choices=("teacher", "rehyat", "rehyat-stage1"), default="teacher", help="which model"
+    )
     parser.add_argument("--clips", type=int, default=48, help="held-out prompt/seed pairs, ≥ 1 (default 48)")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip, 1–1024 (default 16)")
     parser.add_argument(

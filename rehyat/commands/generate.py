@@ -26,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``generate`` options."""
     parser.add_argument(
         "--model",
-        choices=("teacher", "rehyat"),
+        choices=("teacher", "rehyat", "rehyat-stage1"),
         default="teacher",
-        help="teacher: softmax over every frame; rehyat: the shipped ReHyAt student, chunk by chunk",
+        help="teacher: softmax over every frame; rehyat: the shipped ReHyAt student (stage-1 φ + "
+        "stage-2 LoRA), chunk by chunk; rehyat-stage1: the stage-1 φ only",
     )
     parser.add_argument("--prompt", required=True, help="what to draw, in the teacher's words (see above)")
     parser.add_argument(

@@ -130,14 +130,18 @@ def save_phi(
     training: Mapping[str, Any] | None = None,
     *,
     replace: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write the φ of a converted ``model`` to a φ file (atomically; ``replace=False``: a new file only)."""
+    """Write the φ of a converted ``model`` to a φ file (atomically; ``replace=False``: a new file only).
+
+    ``dtype`` is the storage dtype (see :func:`rehyat.weights.phi_file.save_phi_weights`).
+    """
     config = conversion_config(model)
     if config is None:
         raise ValueError("this WanDiT is not converted to ReHyAt: nothing to save")
     return save_phi_weights(
         path, converted_blocks(model), config, base_info(model), fingerprint(model), training=training,
-        replace=replace,
+        replace=replace, dtype=dtype,
     )
 
 

@@ -2,13 +2,14 @@
 
 ``generate_video("teacher" | "rehyat", prompt, seed, frames)`` returns uint8 RGB frames
 ``(F, H, W, 3)``. Both models start from the same noise for a seed (:meth:`Teacher.initial_noise`),
-so their clips can be compared frame by frame. ``"rehyat"`` is the teacher converted to ReHyAt
-with the shipped φ (every block, causal) and run recurrently: chunk after chunk, constant memory.
+so their clips can be compared frame by frame. ``"rehyat"`` is the shipped ReHyAt student (the
+teacher converted with the stage-1 φ, every block causal, plus the stage-2 LoRA; see
+:mod:`rehyat.student`) and ``"rehyat-stage1"`` the same conversion without stage 2; both run
+recurrently: chunk after chunk, constant memory.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,8 +21,8 @@ from torch import Tensor
 from ..config import require_int
 from .model import ASSETS, SamplingConfig, Teacher, load_teacher
 
-MODELS: tuple[str, ...] = ("teacher", "rehyat")
-PHI_FILE = "teacher_phi.safetensors"  # the shipped φ, next to the teacher's files
+MODELS: tuple[str, ...] = ("teacher", "rehyat", "rehyat-stage1")
+PHI_FILE = "teacher_phi.safetensors"  # the shipped stage-1 φ, next to the teacher's files
 MAX_FRAMES = 1024  # one latent frame per video frame; the recurrent form's memory does not grow
 
 
@@ -42,21 +43,19 @@ def load_model(model: str, folder: str | os.PathLike[str] | None = None) -> tupl
     teacher = load_teacher(folder)
     if model == "teacher":
         return teacher, None
-    return teacher, recurrent_velocity(rehyat_student(teacher, Path(folder) if folder else ASSETS))
+    stage = "stage1" if model == "rehyat-stage1" else "student"
+    return teacher, recurrent_velocity(rehyat_student(teacher, Path(folder) if folder else ASSETS, stage))
 
 
-def rehyat_student(teacher: Teacher, folder: Path) -> Teacher:
-    """A copy of ``teacher`` converted to ReHyAt with the φ shipped in ``folder``."""
-    from ..models.wan_rehyat import load_phi
+def rehyat_student(teacher: Teacher, folder: Path, stage: str = "student") -> Teacher:
+    """A copy of ``teacher`` converted to ReHyAt from the student files in ``folder``.
 
-    phi = folder / PHI_FILE
-    if not phi.is_file():
-        raise FileNotFoundError(
-            f"no φ file {phi}: distil one with python -m rehyat demo (it writes phi.safetensors)"
-        )
-    student = copy.deepcopy(teacher)
-    load_phi(student.dit, phi)
-    return student.eval()
+    ``stage``: "student" (stage-1 φ + stage-2 LoRA) or "stage1" (φ only); see
+    :func:`rehyat.student.load_student`.
+    """
+    from ..student import load_student
+
+    return load_student(teacher, folder, stage)
 
 
 def recurrent_velocity(student: Teacher) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -86,7 +85,8 @@ def generate_video(
     """Generate ``frames`` RGB frames ``(F, H, W, 3)`` uint8 of ``prompt`` with ``model``.
 
     Args:
-        model: ``"teacher"`` (softmax over every frame) or ``"rehyat"`` (shipped φ, recurrent).
+        model: ``"teacher"`` (softmax over every frame), ``"rehyat"`` (the shipped two-stage student,
+            recurrent) or ``"rehyat-stage1"`` (stage-1 φ only, recurrent).
         prompt: words of the teacher's grammar (see :func:`rehyat.teacher.text.parse_prompt`).
         seed: noise seed (the same noise for both models).
         frames: clip length (:func:`check_frames`).

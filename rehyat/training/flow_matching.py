@@ -118,6 +118,7 @@ def flow_matching_loss(
     noise: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
     reduction: Literal["mean", "none"] = "mean",
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Wan2.1's flow-matching loss: MSE between ``model_fn(x_t, σ·1000, context)`` and noise − x0.
 
@@ -131,6 +132,8 @@ def flow_matching_loss(
         noise: explicit noise like x0 (drawn from ``generator`` when None).
         sigma: explicit noise levels (B,) in [0, 1], used as-is (not shifted again).
         reduction: "mean" → scalar; "none" → per-sample losses (B,) (mean over each sample's elements).
+        weight: optional non-negative element weights broadcastable to x0 (e.g. more weight where
+            the clip has content); each sample's loss is then its weighted mean.
 
     Returns:
         The loss in float32 (the model may run in bf16 under autocast).
@@ -159,7 +162,14 @@ def flow_matching_loss(
         raise ValueError(f"model_fn returned shape {tuple(v_pred.shape)}; expected x0's {tuple(x0.shape)}")
     target = velocity_target(x0.float(), noise.float())
     per_element = F.mse_loss(v_pred.float(), target, reduction="none")
-    per_sample = per_element.flatten(1).mean(dim=1)  # (B,)
+    if weight is None:
+        per_sample = per_element.flatten(1).mean(dim=1)  # (B,)
+    else:
+        weight = torch.broadcast_to(weight.to(per_element.device, torch.float32), per_element.shape)
+        if bool((weight < 0).any()) or not bool(torch.isfinite(weight).all()):
+            raise ValueError("weight must be finite and non-negative")
+        weighted = (per_element * weight).flatten(1).sum(dim=1)  # (B,)
+        per_sample = weighted / weight.flatten(1).sum(dim=1).clamp_min(1e-12)
     return per_sample.mean() if reduction == "mean" else per_sample
 
 

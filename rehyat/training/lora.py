@@ -162,3 +162,44 @@ def comfy_lora_state_dict(
     if not out:
         raise ValueError("the model has no LoRA adapters to export")
     return out
+
+
+@torch.no_grad()
+def apply_comfy_lora(model: nn.Module, tensors: dict[str, Tensor], strength: float = 1.0) -> list[str]:
+    """Fold a ComfyUI-format LoRA (:func:`comfy_lora_state_dict`'s keys) into ``model``'s weights.
+
+    ``W += strength · up @ down · alpha / rank`` for every ``diffusion_model.<layer>`` of the file, in
+    W's dtype; returns the layer names. A layer the model lacks, a shape that does not fit, or a
+    key of another format is refused (nothing is changed then).
+    """
+    require_real("strength", strength, low=-100.0, high=100.0)
+    layers: dict[str, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if not key.startswith(COMFY_PREFIX):
+            raise ValueError(f"LoRA key {key!r} does not start with {COMFY_PREFIX!r}")
+        for suffix in (".lora_up.weight", ".lora_down.weight", ".alpha"):
+            if key.endswith(suffix):
+                layers.setdefault(key[len(COMFY_PREFIX) : -len(suffix)], {})[suffix] = value
+                break
+        else:
+            raise ValueError(f"LoRA key {key!r} is not a lora_up / lora_down / alpha tensor")
+    deltas: list[tuple[nn.Linear, Tensor]] = []
+    for name, parts in layers.items():
+        if ".lora_up.weight" not in parts or ".lora_down.weight" not in parts:
+            raise ValueError(f"LoRA layer {name!r} lacks its lora_up or lora_down weight")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the LoRA adapts layer {name!r}, which this model does not have") from None
+        up, down = parts[".lora_up.weight"].float(), parts[".lora_down.weight"].float()  # (out, r), (r, in)
+        if not isinstance(module, nn.Linear) or (up.shape[0], down.shape[1]) != tuple(module.weight.shape):
+            raise ValueError(
+                f"LoRA layer {name!r} is {up.shape[0]}×{down.shape[1]}; the model's is "
+                f"{tuple(getattr(module, 'weight', torch.empty(0)).shape)}"
+            )
+        rank = down.shape[0]
+        alpha = float(parts[".alpha"]) if ".alpha" in parts else float(rank)
+        deltas.append((module, (up @ down) * (alpha / rank) * strength))
+    for module, delta in deltas:
+        module.weight.add_(delta.to(module.weight.device, module.weight.dtype))
+    return list(layers)

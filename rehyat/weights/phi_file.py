@@ -127,6 +127,7 @@ def save_phi_weights(
     training: Mapping[str, Any] | None = None,
     *,
     replace: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write the φ of ``hybrid`` with their metadata to ``path`` atomically.
 
@@ -143,11 +144,15 @@ def save_phi_weights(
             keys whose values are JSON-serialisable (finite numbers, strings, bools, None, lists,
             mappings); stored as JSON, read back as :attr:`PhiWeights.training`.
         replace: False: publish a new file only (see :func:`rehyat.atomic.atomic_write`).
+        dtype: storage dtype (float32, float16 or bfloat16); loading always gives fp32 φ.
+            Half precision halves the file; a value it cannot hold (overflow) is refused.
 
     Returns:
         The path written.
     """
     path = Path(path)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16; got {dtype!r}")
     if not isinstance(config, ConversionConfig):
         raise ValueError(f"config must be a ConversionConfig; got {type(config).__name__}")
     if not isinstance(base, BaseModelInfo):
@@ -180,6 +185,9 @@ def save_phi_weights(
     _check_training_conversion(training, config, "training metadata")
     tensors = collect_phi_tensors(hybrid)
     require_finite(tensors, f"φ to save to {path}")
+    if dtype != torch.float32:
+        tensors = {key: value.to(dtype) for key, value in tensors.items()}
+        require_finite(tensors, f"φ to save to {path} in {dtype} (a value overflows it)")
 
     from .. import __version__  # late import: the package may import this module
 

@@ -1,0 +1,85 @@
+"""The shipped ReHyAt student's recipe: budgets of stage 1 (φ distillation) and stage 2 (fine-tune).
+
+One place for the defaults: :func:`rehyat.student.train.train_student`, ``python -m rehyat
+train-student`` and the demo's ``--retrain`` all read :class:`StudentRecipe`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import ConversionConfig, HybridAttentionConfig, require_int, require_real
+
+STAGE2_FIRST_SEED = 7_000_000  # generator clips of stage 2 (apart from training 1e6+ and held-out 5e6+)
+
+
+@dataclass(frozen=True)
+class StudentRecipe:
+    """Budgets and settings of the two-stage conversion of the embedded teacher.
+
+    Attributes:
+        chunk_frames, overlap_frames: Tc and To of the ReHyAt attention (the paper's best: 3, 1).
+        stage1_steps: φ distillation steps (one captured teacher forward each).
+        stage1_prompts: generator prompts the teacher is sampled on in stage 1 (scenes of the
+            held-out evaluation pairs are excluded).
+        stage1_trajectory_steps: denoising steps of each captured teacher trajectory.
+        stage1_lr: AdamW learning rate of φ (the paper's 1e-3).
+        phi_seed: seed of φ's initialisation.
+        stage2_steps: flow-matching fine-tune steps (0: stage 1 only).
+        stage2_batch: clips per fine-tune step.
+        stage2_clips: generator clips (the teacher's own training distribution) fine-tuned on.
+        stage2_lr: AdamW learning rate of the LoRA adapters.
+        stage2_warmup: linear warm-up steps.
+        lora_rank: rank of the LoRA adapters on every linear of the transformer blocks.
+        stage2_seed: seed of the data order, noise, σ and LoRA initialisation.
+        empty_prompt_every: every n-th stage-2 clip has the empty prompt (keeps CFG's unconditional
+            branch trained; 0: never).
+    """
+
+    chunk_frames: int = 3
+    overlap_frames: int = 1
+    stage1_steps: int = 200
+    stage1_prompts: int = 24
+    stage1_trajectory_steps: int = 10
+    stage1_lr: float = 1e-3
+    phi_seed: int = 0
+    stage2_steps: int = 300
+    stage2_batch: int = 4
+    stage2_clips: int = 512
+    stage2_lr: float = 3e-4
+    stage2_warmup: int = 20
+    lora_rank: int = 8
+    stage2_seed: int = 0
+    empty_prompt_every: int = 10
+
+    def __post_init__(self) -> None:
+        require_int("chunk_frames", self.chunk_frames, low=1, high=64)
+        require_int("overlap_frames", self.overlap_frames, low=0, high=64)
+        require_int("stage1_steps", self.stage1_steps, low=1, high=1_000_000)
+        require_int("stage1_prompts", self.stage1_prompts, low=2, high=10_000)
+        require_int("stage1_trajectory_steps", self.stage1_trajectory_steps, low=1, high=1000)
+        require_real("stage1_lr", self.stage1_lr, low=1e-8, high=1.0)
+        require_int("phi_seed", self.phi_seed, low=0)
+        require_int("stage2_steps", self.stage2_steps, low=0, high=1_000_000)
+        require_int("stage2_batch", self.stage2_batch, low=1, high=4096)
+        require_int("stage2_clips", self.stage2_clips, low=1, high=1_000_000)
+        require_real("stage2_lr", self.stage2_lr, low=1e-8, high=1.0)
+        require_int("stage2_warmup", self.stage2_warmup, low=0)
+        require_int("lora_rank", self.lora_rank, low=1, high=1024)
+        require_int("stage2_seed", self.stage2_seed, low=0)
+        require_int("empty_prompt_every", self.empty_prompt_every, low=0)
+
+    @property
+    def conversion(self) -> ConversionConfig:
+        """The conversion every block gets (all blocks, causal)."""
+        attention = HybridAttentionConfig(chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames)
+        return ConversionConfig(attention=attention)
+
+    def estimated_seconds(self, stage1_step: float = 1.2, stage2_step: float = 1.0) -> float:
+        """A rough CPU time of both stages (per-step seconds measured on one core of the CI machine)."""
+        return self.stage1_steps * stage1_step + self.stage2_steps * stage2_step * self.stage2_batch / 4
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)

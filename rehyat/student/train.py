@@ -1,0 +1,212 @@
+"""Both stages of the ReHyAt conversion of the embedded teacher, run live.
+
+Stage 1 distils φ of every block against the softmax teacher on its own sampling trajectories
+(:func:`rehyat.teacher.distillation.distil_on_teacher`; only φ trains). Stage 2 fine-tunes the
+converted model with the flow-matching loss (:func:`rehyat.training.finetune.finetune`) on clips of
+the teacher's training distribution — the procedural generator's clips, the "videos" of this world —
+training LoRA adapters on every linear of the transformer blocks while φ stays at its stage-1 values.
+Why LoRA with φ frozen: stage 2 must recover what causality costs (the first chunk sees no future),
+which lives in the block weights, not in φ; and the adapters are ~1/20 of the model, so the shipped
+student (stage-1 φ + adapters) stays within the assets' size budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.wan_rehyat import convert
+from ..teacher.distillation import distil_on_teacher, generator_prompts
+from ..teacher.evaluate import held_out_pairs
+from ..teacher.model import Teacher, pixels_to_latent
+from ..teacher.shapes import generate_clip
+from ..training.dataset import LatentDataset
+from ..training.finetune import FinetuneConfig, finetune
+from ..training.flow_matching import FlowMatchingConfig
+from ..training.trainable import Trainable, phi_parameter_names, select_trainable
+from .recipe import STAGE2_FIRST_SEED, StudentRecipe
+
+Progress = Callable[[str, int, int, float], None]
+HELD_OUT_SCENES = 48  # the evaluation pairs whose scenes stage 1 never sees
+
+
+@dataclass
+class StudentResult:
+    """What :func:`train_student` made.
+
+    Attributes:
+        stage1: the teacher converted with the stage-1 φ (a new :class:`Teacher`).
+        student: stage 1 + stage 2 (LoRA adapters attached, trained; :func:`rehyat.training.lora.merge_lora`
+            folds them in).
+        report: JSON-able record (budgets, losses, seconds) stored with the shipped files.
+        seconds: wall seconds per stage.
+    """
+
+    stage1: Teacher
+    student: Teacher
+    report: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def stage1_prompts(recipe: StudentRecipe) -> list[str]:
+    """Stage 1's generator prompts (none shares a scene with the held-out evaluation pairs)."""
+    held_out = [prompt for prompt, _ in held_out_pairs(HELD_OUT_SCENES)]
+    return generator_prompts(recipe.stage1_prompts, exclude=held_out)
+
+
+def run_stage1(
+    teacher: Teacher, recipe: StudentRecipe, progress: Progress | None = None
+) -> tuple[Teacher, dict[str, Any]]:
+    """Distil φ; returns (a converted copy of ``teacher``, the distillation report)."""
+    on_step = None if progress is None else (lambda step, total, loss: progress("stage 1", step, total, loss))
+    hybrid, report = distil_on_teacher(
+        teacher,
+        recipe.conversion,
+        steps=recipe.stage1_steps,
+        prompts=stage1_prompts(recipe),
+        sampling=teacher.config.sampling,
+        trajectory_steps=recipe.stage1_trajectory_steps,
+        lr=recipe.stage1_lr,
+        phi_seed=recipe.phi_seed,
+        on_step=on_step,
+    )
+    stage1 = copy.deepcopy(teacher)
+    convert(stage1.dit, recipe.conversion, hybrid)
+    return stage1.eval(), report
+
+
+def generator_dataset(teacher: Teacher, folder: Path, recipe: StudentRecipe) -> LatentDataset:
+    """``recipe.stage2_clips`` generator clips (training length) with their text features (built once)."""
+    dataset = LatentDataset(
+        folder, model={"name": "rehyat embedded teacher world", "in_dim": teacher.config.dit.in_dim}
+    )
+    spec = teacher.config.clip
+    with torch.no_grad():
+        for index in range(len(dataset), recipe.stage2_clips):
+            seed = STAGE2_FIRST_SEED + index
+            clip = generate_clip(seed, spec)
+            every = recipe.empty_prompt_every
+            empty = every > 0 and index % every == every - 1
+            prompt = "" if empty else clip.prompt
+            latent = pixels_to_latent(clip.pixels[None], teacher.config.fold)[0]  # (C, T, h, w)
+            context = teacher.encode([prompt])[0]  # (L, D)
+            dataset.append(latent, context, {"source": "generator", "seed": seed, "prompt": prompt})
+    return dataset
+
+
+def lora_only(model: torch.nn.Module, rank: int) -> Trainable:
+    """Attach LoRA adapters to ``model``'s block linears and train only them (φ frozen)."""
+    trainable = select_trainable(model, "lora", lora_rank=rank)
+    phi = phi_parameter_names(model)
+    for name in phi:
+        trainable.parameters.pop(name, None)
+    for name, param in model.named_parameters():
+        if name in phi:
+            param.requires_grad_(False)
+    return trainable
+
+
+def run_stage2(
+    stage1: Teacher,
+    recipe: StudentRecipe,
+    work_dir: Path,
+    progress: Progress | None = None,
+) -> tuple[Teacher, dict[str, Any]]:
+    """Fine-tune a copy of ``stage1`` (LoRA, φ frozen); returns (the student with adapters, a report)."""
+    student = copy.deepcopy(stage1)
+    dataset = generator_dataset(student, work_dir / "stage2_clips", recipe)
+    settings = FinetuneConfig(
+        trainable="lora",
+        lora_rank=recipe.lora_rank,
+        steps=recipe.stage2_steps,
+        batch_size=recipe.stage2_batch,
+        micro_batch=recipe.stage2_batch,
+        learning_rate=recipe.stage2_lr,
+        warmup_steps=min(recipe.stage2_warmup, recipe.stage2_steps),
+        checkpoint_every=max(recipe.stage2_steps, 1),
+        seed=recipe.stage2_seed,
+        flow=FlowMatchingConfig(shift=student.config.sampling.shift, sampling="logit_normal"),
+    )
+    dit = student.dit
+    torch.manual_seed(recipe.stage2_seed)  # the adapters' initialisation
+    trainable = lora_only(dit, recipe.lora_rank)
+    on_step = None if progress is None else (lambda step, total, loss: progress("stage 2", step, total, loss))
+    result = finetune(dit, lambda x, t, context: dit(x, t, context), dataset, settings, trainable=trainable,
+                      progress=on_step)
+    dit.eval().requires_grad_(False)
+    report = {
+        "trainable": "LoRA on every block linear (φ frozen at stage 1)",
+        "trained_parameters": trainable.count,
+        "samples": len(dataset),
+        "data": f"generator clips from seed {STAGE2_FIRST_SEED}; "
+        f"every {recipe.empty_prompt_every}th with the empty prompt",
+        "first_losses": result.losses[:5],
+        "last_losses": result.losses[-5:],
+        "loss_curve": result.losses,
+    }
+    return student.eval(), report
+
+
+def train_student(
+    teacher: Teacher,
+    recipe: StudentRecipe | None = None,
+    *,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = print,
+    work_dir: str | Path | None = None,
+) -> StudentResult:
+    """Run stage 1 and stage 2 on ``teacher`` (unchanged); returns both models and a report.
+
+    Args:
+        teacher: the softmax teacher.
+        recipe: budgets (defaults: the shipped student's).
+        progress: ``progress(stage, step, total, loss)`` after every step of either stage.
+        log: status lines (one per stage).
+        work_dir: where stage 2's clip dataset goes (default: a temporary folder, removed after).
+    """
+    recipe = recipe or StudentRecipe()
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    log(f"stage 1: distilling φ of {teacher.config.dit.num_layers} blocks, {recipe.stage1_steps} steps")
+    stage1, stage1_report = run_stage1(teacher, recipe, progress)
+    seconds["stage1"] = time.perf_counter() - started
+    student = copy.deepcopy(stage1)
+    stage2_report: dict[str, Any] = {"skipped": "stage2_steps = 0"}
+    if recipe.stage2_steps:
+        log(f"stage 2: flow-matching fine-tune (LoRA r={recipe.lora_rank}), {recipe.stage2_steps} steps")
+        started = time.perf_counter()
+        if work_dir is None:
+            with tempfile.TemporaryDirectory(prefix="rehyat-stage2-") as tmp:
+                student, stage2_report = run_stage2(stage1, recipe, Path(tmp), progress)
+        else:
+            student, stage2_report = run_stage2(stage1, recipe, Path(work_dir), progress)
+        seconds["stage2"] = time.perf_counter() - started
+    report = {
+        "recipe": recipe.to_dict(),
+        "stage1": _jsonable(stage1_report),
+        "stage2": stage2_report,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    return StudentResult(stage1=stage1, student=student, report=report, seconds=seconds)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with tensors and tuples turned into lists, and non-JSON leaves into strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
