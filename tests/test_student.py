@@ -1,0 +1,308 @@
+"""The two-stage student (rehyat.student), its files, the block-causal oracle and the attention error."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from rehyat.cli import main
+from rehyat.models.wan import WanDiTConfig
+from rehyat.models.wan_rehyat import converted_blocks, forward_recurrent, load_phi, save_phi
+from rehyat.ops.block_causal import block_causal_attention, block_causal_attention_naive
+from rehyat.student import (
+    LORA_FILE,
+    PHI_FILE,
+    StudentRecipe,
+    load_student,
+    save_student,
+    student_files_present,
+    train_student,
+)
+from rehyat.student.attention_error import ORACLE, WINDOWED, attention_errors
+from rehyat.student.files import merged, read_lora
+from rehyat.teacher.generate import generate_video
+from rehyat.teacher.model import SamplingConfig, Teacher, TeacherConfig, load_teacher
+from rehyat.teacher.shapes import ClipSpec
+from rehyat.teacher.text import TextEncoderConfig
+from rehyat.teacher.train import content_weight
+from rehyat.training.flow_matching import flow_matching_loss
+from rehyat.training.lora import apply_comfy_lora, attach_lora, comfy_lora_state_dict
+from rehyat.training.trainable import is_lora_target
+
+TINY = TeacherConfig(
+    dit=WanDiTConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, in_dim=12, out_dim=12, text_dim=32),
+    text=TextEncoderConfig(width=16, max_shapes=2, out_dim=32),
+    clip=ClipSpec(frames=6, size=16, min_radius=2.0, max_radius=3.0),
+    sampling=SamplingConfig(steps=2),
+)
+TINY_RECIPE = StudentRecipe(
+    stage1_steps=3, stage1_prompts=3, stage1_trajectory_steps=2,
+    stage2_steps=2, stage2_batch=2, stage2_clips=4,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    torch.manual_seed(0)
+    teacher = Teacher(TINY).eval()
+    with torch.no_grad():  # a fresh Wan's output head is zero: perturb it so every weight gets gradients
+        for param in teacher.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    return teacher
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_teacher):
+    return train_student(tiny_teacher, TINY_RECIPE, log=lambda line: None)
+
+
+# --- the block-causal oracle ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("frames", "chunk"), [(6, 3), (7, 3), (5, 1), (4, 4), (4, 6)])
+def test_block_causal_attention_matches_its_naive_reference(frames, chunk):
+    gen = torch.Generator().manual_seed(frames * 10 + chunk)
+    q, k, v = (torch.randn(2, 3, frames * 5, 8, generator=gen) for _ in range(3))  # (B, H, N, d)
+    fast = block_causal_attention(q, k, v, tokens_per_frame=5, chunk_frames=chunk)
+    naive = block_causal_attention_naive(q, k, v, tokens_per_frame=5, chunk_frames=chunk)
+    torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
+    if chunk >= frames:  # one chunk: plain softmax over every frame
+        full = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+
+
+def test_block_causal_attention_sees_no_later_chunk():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 1, 6 * 2, 4, generator=gen) for _ in range(3))
+    before = block_causal_attention(q, k, v, tokens_per_frame=2, chunk_frames=3)
+    v2 = v.clone()
+    v2[:, :, 6:] += 10.0  # change frames 3..5 (the second chunk)
+    after = block_causal_attention(q, k, v2, tokens_per_frame=2, chunk_frames=3)
+    torch.testing.assert_close(before[:, :, :6], after[:, :, :6])
+    assert not torch.allclose(before[:, :, 6:], after[:, :, 6:])
+
+
+def test_block_causal_attention_refuses_bad_input():
+    q = torch.randn(1, 1, 10, 4)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        block_causal_attention(q, q, q, tokens_per_frame=5, chunk_frames=0)
+    with pytest.raises(ValueError, match="tokens"):
+        block_causal_attention(q, q, q, tokens_per_frame=3, chunk_frames=1)
+
+
+# --- weighted flow matching and the teacher's content weight -------------------------------------
+
+
+def test_weighted_flow_matching_loss_is_the_weighted_mean():
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 4, 2, 2, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = torch.tensor([0.3, 0.8])
+    weight_net = torch.randn(3, 1, 1, 1, generator=gen)
+
+    def model_fn(x, t, context):
+        return x * weight_net
+
+    plain = flow_matching_loss(model_fn, x0, None, noise=noise, sigma=sigma, reduction="none")
+    ones = flow_matching_loss(model_fn, x0, None, noise=noise, sigma=sigma, reduction="none",
+                              weight=torch.ones_like(x0))
+    torch.testing.assert_close(plain, ones)
+    mask = torch.zeros_like(x0)
+    mask[:, 0] = 1.0  # only channel 0 counts
+    masked = flow_matching_loss(model_fn, x0, None, noise=noise, sigma=sigma, reduction="none", weight=mask)
+    x_t = (1 - sigma.view(2, 1, 1, 1, 1)) * x0 + sigma.view(2, 1, 1, 1, 1) * noise
+    err = (model_fn(x_t, None, None) - (noise - x0)).square()[:, 0].flatten(1).mean(1)
+    torch.testing.assert_close(masked, err)
+    with pytest.raises(ValueError, match="weight"):
+        flow_matching_loss(model_fn, x0, None, noise=noise, sigma=sigma, weight=-mask)
+
+
+def test_content_weight_marks_shapes_and_their_edge():
+    pixels = -torch.ones(1, 3, 2, 8, 8)  # black
+    pixels[0, 0, 1, 3, 3] = 1.0  # one red pixel in frame 1
+    weight = content_weight(pixels, 4.0, fold=2)  # (1, 12, 2, 4, 4)
+    assert weight.shape == (1, 12, 2, 4, 4)
+    back = torch.nn.functional.pixel_shuffle(weight[0].transpose(0, 1), 2)  # (T, 3, 8, 8)
+    assert torch.all(back[0] == 1.0)  # frame 0 is background only
+    assert torch.all(back[1, :, 2:5, 2:5] == 5.0)  # the pixel and its 8 neighbours, every channel
+    assert back[1].sum() == 3 * (64 + 9 * 4)
+
+
+# --- φ storage dtype and the ComfyUI LoRA --------------------------------------------------------
+
+
+def test_phi_stored_in_fp16_is_half_the_size_and_loads_back(tiny_teacher, trained, tmp_path):
+    full = save_phi(trained.stage1.dit, tmp_path / "a.safetensors")
+    half = save_phi(trained.stage1.dit, tmp_path / "b.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    model = copy.deepcopy(tiny_teacher)
+    load_phi(model.dit, half)
+    for (name, a), b in zip(
+        converted_blocks(model.dit)[0].state_dict().items(),
+        converted_blocks(trained.stage1.dit)[0].state_dict().values(),
+        strict=True,
+    ):
+        assert a.dtype == torch.float32, name
+        torch.testing.assert_close(a, b.half().float(), msg=name)
+    big = copy.deepcopy(trained.stage1)
+    with torch.no_grad():
+        next(iter(converted_blocks(big.dit)[0].parameters())).fill_(1e6)
+    with pytest.raises(ValueError, match="overflow"):
+        save_phi(big.dit, tmp_path / "c.safetensors", dtype=torch.float16)
+    assert not (tmp_path / "c.safetensors").exists()
+    with pytest.raises(ValueError, match="dtype"):
+        save_phi(trained.stage1.dit, tmp_path / "d.safetensors", dtype=torch.int8)
+
+
+def test_comfy_lora_folded_into_the_weights_equals_the_adapters(tiny_teacher):
+    model = copy.deepcopy(tiny_teacher.dit)
+    attach_lora(model, 4, select=is_lora_target)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora.up." in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    tensors = comfy_lora_state_dict(model)
+    plain = copy.deepcopy(tiny_teacher.dit)
+    layers = apply_comfy_lora(plain, tensors)
+    assert layers and all(name.startswith("blocks.") for name in layers)
+    x = torch.randn(1, 12, 6, 8, 8, generator=gen)
+    t, context = torch.tensor([400.0]), torch.randn(1, 3, 32, generator=gen)
+    torch.testing.assert_close(plain(x, t, context), model(x, t, context), rtol=1e-4, atol=1e-5)
+
+
+def test_comfy_lora_refusals_change_nothing(tiny_teacher):
+    model = copy.deepcopy(tiny_teacher.dit)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    good = {
+        "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.ones(128, 2),
+        "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.ones(2, 128),
+    }
+    for bad, match in (
+        ({**good, "diffusion_model.blocks.9.self_attn.q.lora_up.weight": torch.ones(128, 2),
+          "diffusion_model.blocks.9.self_attn.q.lora_down.weight": torch.ones(2, 128)}, "does not have"),
+        ({**good, "blocks.0.x.lora_up.weight": torch.ones(1, 1)}, "does not start"),
+        ({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.ones(128, 2)}, "lacks"),
+        ({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.ones(64, 2),
+          "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.ones(2, 128)}, "is 64×128"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            apply_comfy_lora(model, bad)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
+# --- the two stages, the files, generate ---------------------------------------------------------
+
+
+def test_train_student_runs_both_stages_and_freezes_phi_in_stage_two(tiny_teacher, trained):
+    report = trained.report
+    assert report["recipe"]["stage1_steps"] == 3 and report["stage1"]["steps"] == 3
+    assert len(report["stage2"]["loss_curve"]) == 2 and report["stage2"]["trained_parameters"] > 0
+    assert set(trained.seconds) == {"stage1", "stage2"}
+    json.dumps(report)  # JSON-able
+    stage1_phi = converted_blocks(trained.stage1.dit)
+    student_phi = converted_blocks(trained.student.dit)
+    for block in stage1_phi:
+        for (name, a), b in zip(
+            stage1_phi[block].state_dict().items(), student_phi[block].state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), f"stage 2 changed φ {block}.{name}"
+    lora_ups = [p for n, p in trained.student.dit.named_parameters() if ".lora.up." in n]
+    assert lora_ups and any(p.abs().sum() > 0 for p in lora_ups)  # the adapters trained (up starts at 0)
+    assert not any(".lora." in name for name, _ in tiny_teacher.dit.named_parameters())  # teacher untouched
+
+
+def test_student_files_round_trip(tiny_teacher, trained, tmp_path):
+    report = {**trained.report, "command": "test"}
+    paths = save_student(trained.stage1, copy.deepcopy(trained.student), tmp_path, report)
+    assert [p.name for p in paths] == [PHI_FILE, LORA_FILE] and student_files_present(tmp_path)
+    with safe_open(str(tmp_path / LORA_FILE), "pt") as handle:
+        assert all(handle.get_tensor(k).dtype == torch.float16 for k in handle.keys())
+    assert read_lora(tmp_path / LORA_FILE)[1]["command"] == "test"
+    stage1 = load_student(tiny_teacher, tmp_path, "stage1")
+    student = load_student(tiny_teacher, tmp_path, "student")
+    reference = merged(copy.deepcopy(trained.student))
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 12, 6, 8, 8, generator=gen)
+    t, context = torch.tensor([700.0]), tiny_teacher.encode(["a red circle bounces"])
+    torch.testing.assert_close(student.dit(x, t, context), reference.dit(x, t, context), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(
+        stage1.dit(x, t, context), trained.stage1.dit(x, t, context), rtol=2e-2, atol=2e-3
+    )
+    assert not torch.allclose(student.dit(x, t, context), stage1.dit(x, t, context))
+    torch.testing.assert_close(  # the recurrent form gives the parallel form's numbers
+        forward_recurrent(student.dit, x, t, context), student.dit(x, t, context), rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(FileExistsError):
+        save_student(trained.stage1, copy.deepcopy(trained.student), tmp_path, report, replace=False)
+
+
+def test_load_student_refuses_missing_files_and_unknown_stages(tiny_teacher, tmp_path):
+    with pytest.raises(ValueError, match=PHI_FILE):
+        load_student(tiny_teacher, tmp_path, "stage1")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        load_student(tiny_teacher, tmp_path, "stage3")
+    assert not student_files_present(tmp_path)
+
+
+def test_generate_uses_the_student_files(tiny_teacher, trained, tmp_path):
+    tiny_teacher.save(tmp_path)
+    save_student(trained.stage1, copy.deepcopy(trained.student), tmp_path, trained.report)
+    for model, stage in (("rehyat", "student"), ("rehyat-stage1", "stage1")):
+        clip = generate_video(model, "a red circle bounces", 5, 6, folder=tmp_path, steps=2)
+        loaded = load_teacher(tmp_path)
+        converted = load_student(loaded, tmp_path, stage)
+        pixels = loaded.generate(
+            "a red circle bounces", 6, 5,
+            velocity=lambda x, t, c, m=converted: forward_recurrent(m.dit, x, t, c),
+            sampling=SamplingConfig(steps=2, shift=loaded.config.sampling.shift,
+                                    guidance=loaded.config.sampling.guidance),
+        )
+        expected = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+        assert torch.equal(clip, expected), model
+
+
+# --- attention error ---------------------------------------------------------------------------
+
+
+def test_attention_errors_score_cases_against_softmax(tiny_teacher, trained):
+    cases = {"stage 1": converted_blocks(trained.stage1.dit)}
+    result = attention_errors(tiny_teacher, cases, chunk_frames=3, overlap_frames=1, trajectories=2,
+                              trajectory_steps=2)
+    assert set(result["cases"]) == {"stage 1", WINDOWED, ORACLE} and result["trajectories"] == 2
+    for case in result["cases"].values():
+        assert set(case["blocks"]) == {"0", "1"}
+        assert all(0 < e < 10 for e in case["blocks"].values())
+    window, oracle, phi = (result["cases"][n]["blocks"] for n in (WINDOWED, ORACLE, "stage 1"))
+    shares = [(window[b] - phi[b]) / (window[b] - oracle[b]) for b in window]
+    assert result["gap_closed"]["stage 1"] == pytest.approx(sum(shares) / len(shares))
+    one_chunk = attention_errors(tiny_teacher, cases, chunk_frames=6, overlap_frames=0, trajectories=1,
+                                 trajectory_steps=2)
+    assert all(e < 1e-5 for e in one_chunk["cases"][ORACLE]["blocks"].values())  # one chunk = softmax
+
+
+# --- train-student ---------------------------------------------------------------------------------
+
+
+def test_train_student_command_exports_and_refuses_overwriting(tiny_teacher, tmp_path, capsys):
+    teacher_dir = tmp_path / "teacher"
+    tiny_teacher.save(teacher_dir)
+    out = tmp_path / "out"
+    args = ["train-student", "--teacher-dir", str(teacher_dir), "--stage1-steps", "2", "--stage2-steps", "1",
+            "--export", str(out)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["exported"]) == 2 and student_files_present(out)
+    command = read_lora(out / LORA_FILE)[1]["command"]
+    assert command.startswith("python -m rehyat train-student --stage1-steps 2")
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train-student", "--teacher-dir", str(teacher_dir), "--stage1-steps", "0"])
+    assert "--stage1-steps must be" in capsys.readouterr().err
