@@ -26,7 +26,7 @@ from ..rehyat.training.trainable import TRAINABLE_SETS
 from ..rehyat.weights import fingerprint_module, save_phi_weights
 from .dataset import dataset_path
 from .folders import register_rehyat_folder
-from .patch import model_fingerprint
+from .patching import model_fingerprint
 from .training_comfy import (
     FinetuneWorkspace,
     autograd_enabled,

@@ -15,7 +15,7 @@ from pathlib import Path
 import folder_paths
 
 from ..rehyat.atomic import create_numbered
-from ..rehyat.weights import check_name_length, check_relative_name, resolve_in_folder
+from ..rehyat.file_names import check_name_length, check_relative_name, resolve_in_folder
 
 FOLDER_NAME = "rehyat"
 CONDITIONING_FOLDER = "rehyat_conditioning"

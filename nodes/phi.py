@@ -13,7 +13,8 @@ from comfy_api.latest import io
 from ..rehyat.integrations.comfyui_wan import comfy_base_info, comfy_patch_info
 from ..rehyat.weights import PhiWeights, load_phi_weights, save_phi_weights
 from .folders import FOLDER_NAME, phi_file_choices, phi_file_path, save_numbered
-from .patch import PHI_TYPE, describe_conversion, model_fingerprint
+from .patch import PHI_TYPE
+from .patching import describe_conversion, model_fingerprint
 
 LOG = logging.getLogger("ReHyAt")
 TRAINING_ATTACHMENT = "rehyat_training"

@@ -25,7 +25,7 @@ from ..rehyat.training.job import TrainingHooks
 from ..rehyat.training.lora import detach_lora
 from ..rehyat.training.plots import loss_curve_image
 from ..rehyat.training.runs import tensors_digest
-from .patch import model_fingerprint
+from .patching import model_fingerprint
 
 RUNS_FOLDER = "rehyat_runs"
 """Run folders live in ``<ComfyUI output>/rehyat_runs/<run_name>/`` (not under models/, so their

@@ -24,6 +24,8 @@ from typing import TypeVar
 import safetensors.torch
 from torch import Tensor
 
+from .file_names import check_name_length
+
 T = TypeVar("T")
 
 
@@ -185,8 +187,6 @@ def check_new_file(path: str | os.PathLike[str], parameter: str) -> Path:
     written over), a name or folder name over 255 bytes, a path under a file, and a folder that is
     not writable. Folders that do not exist yet are fine (the writer creates them).
     """
-    from .weights.folders import check_name_length  # late: rehyat.weights imports this module
-
     path = Path(path)
     check_name_length(path, parameter)
     if os.path.lexists(path):

@@ -19,11 +19,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser.add_argument("--version", action="version", version=f"rehyat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
+    parser.command_parsers = {}  # command name → its subparser (errors of a command print its usage)
     for module in command_modules():
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         modules[module.NAME] = module
+        parser.command_parsers[module.NAME] = command
     return parser, modules
 
 
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except (ValueError, OSError) as exc:  # bad input, or a file that cannot be read / written: one line
-        parser.error(str(exc))
+        parser.command_parsers.get(args.command, parser).error(str(exc))  # "rehyat <command>: error: …"
     return 2  # unreachable: parser.error exits
 
 

@@ -65,13 +65,20 @@ class FeatureMapConfig:
         return cls(**_known_fields(cls, data))
 
 
-Variant = Literal["rehyat", "linear_only", "windowed_softmax", "uniform_hybrid"]
-VARIANTS: tuple[str, ...] = ("rehyat", "linear_only", "windowed_softmax", "uniform_hybrid")
+FORMAT_TAG: dict[str, Any] = {"variant": "rehyat", "rate": 2}
+"""Keys a serialised :class:`HybridAttentionConfig` carries besides its fields (a pinned format: φ
+files, run identities and reports hold it). ``variant`` names the attention ("rehyat"; a fidelity
+baseline of :mod:`rehyat.baselines` writes its own name), ``rate`` is the uniform-hybrid baseline's
+R, written as 2 for ReHyAt so files and run folders made before the baselines moved out compare equal.
+"""
 
 
 @dataclass(frozen=True)
 class HybridAttentionConfig:
     """How a ReHyAt attention layer splits frames into softmax and linear parts.
+
+    The fidelity table's baselines extend it (:class:`rehyat.baselines.BaselineAttentionConfig`);
+    :attr:`baseline` and :attr:`uses_phi` are what the product path asks of either.
 
     Attributes:
         chunk_frames: Tc, latent frames per chunk (≥ 1). The paper's best: 3.
@@ -79,41 +86,50 @@ class HybridAttentionConfig:
         causal: linear attention over earlier frames only (recurrent-capable) when True; over every
             frame outside the softmax window when False.
         feature_map: shape of φq / φk.
-        variant: "rehyat" (the product). The others are the fidelity table's baselines, run in the
-            parallel form only: "linear_only" (φ over every token, no softmax — Hedgehog style),
-            "windowed_softmax" (ReHyAt's softmax windows with no linear part; no φ to train; causal
-            changes nothing for it) and
-            "uniform_hybrid" (softmax to every ``rate``-th token, linear to the rest — Attention
-            Surgery style). "linear_only" and "uniform_hybrid" are bidirectional over all tokens
-            and ignore chunk_frames, overlap_frames and causal.
-        rate: R of "uniform_hybrid" (an integer ≥ 1; 1 is plain softmax); ignored otherwise.
     """
 
     chunk_frames: int = 3
     overlap_frames: int = 1
     causal: bool = True
     feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
-    variant: Variant = "rehyat"
-    rate: int = 2
 
     def __post_init__(self) -> None:
         require_int("chunk_frames", self.chunk_frames, low=1)
         require_int("overlap_frames", self.overlap_frames, low=0)
         if not isinstance(self.causal, bool):
             raise ValueError(f"causal must be a bool; got {self.causal!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
-        require_int("rate", self.rate, low=1)
         if isinstance(self.feature_map, dict):
             object.__setattr__(self, "feature_map", FeatureMapConfig.from_dict(self.feature_map))
 
+    @property
+    def baseline(self) -> str | None:
+        """None: this is ReHyAt. A fidelity baseline names itself (it runs in the parallel form only)."""
+        return None
+
+    @property
+    def uses_phi(self) -> bool:
+        """Whether the attention has φq / φk to train (ReHyAt always; not every baseline)."""
+        return True
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (JSON-serialisable)."""
-        return asdict(self)
+        """Plain-dict form (JSON-serialisable): the fields plus :data:`FORMAT_TAG`."""
+        return {**asdict(self), **FORMAT_TAG}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HybridAttentionConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error.
+
+        ``variant`` and ``rate`` may be absent (files written before the baselines existed). With
+        ``variant`` "rehyat" the ``rate`` is checked (an integer ≥ 1) and ignored; another
+        ``variant`` gives that fidelity baseline's :class:`~rehyat.baselines.BaselineAttentionConfig`.
+        """
+        data = dict(data)
+        variant = data.pop("variant", FORMAT_TAG["variant"])
+        if variant != FORMAT_TAG["variant"]:
+            from .baselines.config import BaselineAttentionConfig  # late: the baselines build on this module
+
+            return BaselineAttentionConfig.from_dict({**data, "variant": variant})
+        require_int("rate", data.pop("rate", FORMAT_TAG["rate"]), low=1)
         return cls(**_known_fields(cls, data))
 
 
@@ -203,6 +219,7 @@ class ConversionConfig:
         """Plain-dict form (JSON-serialisable)."""
         data = asdict(self)
         data["blocks"] = list(self.blocks) if self.blocks is not None else None
+        data["attention"] = self.attention.to_dict()  # asdict would drop its FORMAT_TAG
         return data
 
     @classmethod
@@ -236,8 +253,7 @@ def check_recurrent_causal(
 def check_recurrent_capable(
     converted: Sequence[int],
     num_blocks: int,
-    causal: bool,
-    variant: str = "rehyat",
+    attention: HybridAttentionConfig,
     *,
     what: str = RECURRENT_FORWARD,
     instead: str = PARALLEL_INSTEAD,
@@ -245,13 +261,13 @@ def check_recurrent_capable(
     """Refuse a recurrent run unless every block is converted to causal ReHyAt, saying why.
 
     The recurrent form runs the whole DiT chunk by chunk, so a block left softmax (which attends to
-    all frames at once) or a non-causal block cannot take part. ``variant`` is the conversion's
-    :attr:`HybridAttentionConfig.variant`: the fidelity baselines have no recurrent form.
+    all frames at once) or a non-causal block cannot take part. ``attention`` is the conversion's
+    attention config: a fidelity baseline (:attr:`HybridAttentionConfig.baseline`) has no recurrent form.
     """
-    if variant != "rehyat":
+    if attention.baseline is not None:
         raise ValueError(
-            f"{what} runs ReHyAt only; this conversion uses the {variant!r} baseline (parallel form "
-            f"only): convert with variant='rehyat' or {instead}"
+            f"{what} runs ReHyAt only; this conversion uses the {attention.baseline!r} baseline (parallel "
+            f"form only): convert with ReHyAt attention or {instead}"
         )
     missing = sorted(set(range(num_blocks)) - set(converted))
     if missing:
@@ -261,4 +277,4 @@ def check_recurrent_capable(
             f"still use softmax attention over all frames. Convert all {num_blocks} blocks (num_blocks="
             f"{num_blocks} or blocks=None), or {instead}."
         )
-    check_recurrent_causal(causal, what=what, instead=instead)
+    check_recurrent_causal(attention.causal, what=what, instead=instead)

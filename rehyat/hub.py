@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .weights.folders import check_relative_name
+from .file_names import check_relative_name
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for the Hub's answer about a file before falling back to the cache / failing."""

@@ -71,14 +71,14 @@ class HybridAttention(nn.Module):
         block_index: the block's index in the model (key of its recurrent state).
     """
 
-    VARIANTS: ClassVar[tuple[str, ...]] = ("rehyat",)
-    """The ``config.variant`` values this class runs (the baselines: :mod:`rehyat.baselines`)."""
+    CONFIG: ClassVar[type[HybridAttentionConfig]] = HybridAttentionConfig
+    """The config class this module runs (the baselines have their own: :mod:`rehyat.baselines`)."""
 
     def __init__(self, num_heads: int, head_dim: int, config: HybridAttentionConfig, block_index: int):
         super().__init__()
-        if config.variant not in self.VARIANTS:
+        if type(config) is not self.CONFIG:
             raise ValueError(
-                f"{type(self).__name__} runs variant {self.VARIANTS}; config.variant is {config.variant!r}: "
+                f"{type(self).__name__} runs a {self.CONFIG.__name__}; got a {type(config).__name__}: "
                 "build the block's module with rehyat.hybrid.build_attention"
             )
         self.config = config
@@ -127,9 +127,9 @@ def build_attention(
     num_heads: int, head_dim: int, config: HybridAttentionConfig, block_index: int
 ) -> HybridAttention:
     """The attention module of one converted block: :class:`HybridAttention` for ReHyAt; for a
-    fidelity-baseline config (``config.variant != "rehyat"``) the baseline module of
-    :mod:`rehyat.baselines`, which has the same interface (and φ, where the baseline uses them)."""
-    if config.variant == "rehyat":
+    fidelity-baseline config (:class:`rehyat.baselines.BaselineAttentionConfig`) the baseline module
+    of :mod:`rehyat.baselines`, which has the same interface (and φ, where the baseline uses them)."""
+    if config.baseline is None:
         return HybridAttention(num_heads, head_dim, config, block_index)
     from .baselines import BaselineAttention  # late: the baselines build on this module
 

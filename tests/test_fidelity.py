@@ -3,6 +3,7 @@ reduced grid (real teacher, real distillation, fine-tune and generation; tiny bu
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from rehyat.config import HybridAttentionConfig
+from rehyat.baselines import BaselineAttentionConfig
 from rehyat.fidelity import clip_metrics
 from rehyat.fidelity.cases import FidelityCase, full_grid, grid, reduced_grid
 from rehyat.fidelity.cost import (
@@ -42,6 +43,7 @@ TINY = dict(
     sampling_steps=2,
     finetune_steps=2,
     finetune_samples=4,
+    attention_trajectories=2,
 )
 
 
@@ -77,10 +79,10 @@ def test_case_conversion_labels_and_refusals():
     case = FidelityCase("b2", "blocks", converted_blocks=2)
     assert case.conversion(4).resolve_blocks(4) == (2, 3)
     assert case.label == "ReHyAt Tc=3 To=1, 2 blocks"
-    window = FidelityCase("w", "baseline", HybridAttentionConfig(variant="windowed_softmax"))
+    window = FidelityCase("w", "baseline", BaselineAttentionConfig(variant="windowed_softmax"))
     assert not window.distils
     with pytest.raises(ValueError, match="finetune needs φ"):
-        FidelityCase("w", "baseline", HybridAttentionConfig(variant="windowed_softmax"), finetune=True)
+        FidelityCase("w", "baseline", BaselineAttentionConfig(variant="windowed_softmax"), finetune=True)
     with pytest.raises(ValueError, match="group must be one of"):
         FidelityCase("x", "other")
 
@@ -94,8 +96,8 @@ def test_attention_shares_follow_the_analytic_counts():
     assert 0.15 < expected < 0.3  # the paper's "up to 4× saving"
     half = FidelityCase("b2", "blocks", converted_blocks=2)  # 2 of 4 teacher blocks → 15 of Wan's 30
     assert attention_share(half, shape, 4) == pytest.approx((15 * expected + 15) / 30)
-    linear = FidelityCase("l", "baseline", HybridAttentionConfig(variant="linear_only", causal=False))
-    window = FidelityCase("w", "baseline", HybridAttentionConfig(variant="windowed_softmax"))
+    linear = FidelityCase("l", "baseline", BaselineAttentionConfig(variant="linear_only", causal=False))
+    window = FidelityCase("w", "baseline", BaselineAttentionConfig(variant="windowed_softmax"))
     assert (
         attention_share(linear, shape, 4) < attention_share(window, shape, 4) < attention_share(ref, shape, 4)
     )
@@ -208,7 +210,11 @@ def test_held_out_prompts_exclude_the_distillation_prompts():
 
 def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_path):
     output, work = tmp_path / "docs", tmp_path / "run"
-    config = FidelityConfig(grid="reduced", output=str(output), run_dir=str(work), **TINY)
+    no_student = tmp_path / "no_student"  # the shipped student's files are absent here
+    no_student.mkdir()
+    config = FidelityConfig(
+        grid="reduced", output=str(output), run_dir=str(work), student_dir=str(no_student), **TINY
+    )
     lines: list[str] = []
     summary = run_fidelity(config, log=lines.append)
     names = [c.name for c in reduced_grid(4)]
@@ -234,6 +240,16 @@ def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_
     assert (output / "fidelity_scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The document is a pure function of the results (only the generation date line may differ).
     assert markdown(summary).split("\n")[3:] == doc.split("\n")[3:]
+    _check_calibrated_sections(summary, doc, phi_seeds=3)
+    assert written["calibration"].keys() == summary["calibration"].keys()
+    assert written["range_shares"] == summary["range_shares"]
+    assert summary["student"]["rows"] == {} and set(summary["student"]["skipped"]) == {
+        "shipped_student",
+        "shipped_stage1",
+    }
+    assert "The shipped student's files are absent" in doc and "teacher_phi.safetensors absent" in doc
+    skipped = summary["attention_error"]["skipped"]["shipped stage-1 φ"]
+    assert skipped.startswith("teacher_phi.safetensors absent")
 
     # An interrupted run: one case lost its result; the rerun recomputes only that one.
     (work / "cases" / "tc1.json").unlink()
@@ -242,6 +258,12 @@ def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_
     assert sum("done earlier" in line for line in again) == len(names) - 1
     assert any(line.startswith("  tc1: distilling") for line in again)
     assert second["cases"]["rehyat"]["short"] == summary["cases"]["rehyat"]["short"]
+    # The sections are stored too: nothing of them is recomputed.
+    redone = [line for line in again if any(k in line for k in ("calibration:", "_seed", "attention error"))]
+    assert not redone
+    oracle = "block_causal_oracle"
+    assert second["calibration"][oracle]["short"] == summary["calibration"][oracle]["short"]
+    assert second["attention_error"]["cases"] == summary["attention_error"]["cases"]
 
     with pytest.raises(ValueError, match=r"other settings \(distill_steps\)"):
         run_fidelity(FidelityConfig(**{**config.__dict__, "distill_steps": 3}), log=lambda _: None)
@@ -260,7 +282,7 @@ def test_fidelity_cli_refuses_bad_options():
 
 def test_case_subset_without_long_clips_adds_the_reference(tmp_path):
     config = FidelityConfig(
-        **{**TINY, "long_clips": 0, "clips": 1},
+        **{**TINY, "long_clips": 0, "clips": 1, "phi_seeds": 1},
         cases=("windowed_softmax",),
         output=str(tmp_path / "out"),
         run_dir=str(tmp_path / "run"),
@@ -280,7 +302,7 @@ def test_distillation_refuses_the_windowed_softmax_baseline():
     from rehyat.teacher.model import load_teacher
 
     teacher = load_teacher()
-    conversion = ConversionConfig(attention=HybridAttentionConfig(variant="windowed_softmax"))
+    conversion = ConversionConfig(attention=BaselineAttentionConfig(variant="windowed_softmax"))
     with pytest.raises(ValueError, match="no φ to distil"):
         distil_on_teacher(
             teacher, conversion, steps=1, prompts=generator_prompts(2), sampling=teacher.config.sampling
@@ -296,3 +318,243 @@ def test_committed_fidelity_doc_matches_its_json():
     doc = (docs / "fidelity.md").read_text(encoding="utf-8")
     assert markdown(summary).split("\n")[3:] == doc.split("\n")[3:]
     assert summary["settings"]["grid"] == "full" and len(summary["cases"]) == len(full_grid(4))
+
+
+# --- the calibrated sections --------------------------------------------------------------------------
+
+
+def _check_calibrated_sections(summary, doc, phi_seeds):
+    """Calibration rows, range shares, φ seeds, attention error and PSNR by chunk of a finished run."""
+    from rehyat.fidelity.calibration import ROWS
+
+    calibration = summary["calibration"]
+    assert list(calibration) == list(ROWS)
+    for record in calibration.values():
+        assert len(record["short"]) == len(summary["eval_set"]) and record["case"]["label"] in doc
+        assert record["content"]["short"]["clips"] == len(summary["eval_set"])
+    black = calibration["black"]
+    assert black["content"]["short"]["blank_frames"] == 1.0 and black["content"]["short"]["presence"] == 0.0
+    # The ceiling (1e-3 relative weight noise) is far closer to the teacher than another noise seed.
+    shares = summary["range_shares"]
+    assert shares["ceiling"]["short"] > shares["floor"]["short"] + 3
+    assert shares["rows"]["floor_other_seed"]["short"] == 0.0
+    assert shares["rows"]["ceiling_weight_noise"]["short"] == pytest.approx(1.0)
+    assert set(shares["rows"]) >= set(summary["cases"]) | set(calibration)
+    psnr = summary["cases"]["rehyat"]["summary"]["short"]["psnr_db"]["mean"]
+    floor, ceiling = shares["floor"]["short"], shares["ceiling"]["short"]
+    assert shares["rows"]["rehyat"]["short"] == pytest.approx((psnr - floor) / (ceiling - floor))
+    # φ seeds: seed 0 is the headline case, the others are distilled alike.
+    seeds = summary["phi_seeds"]
+    assert seeds["seeds"] == list(range(phi_seeds)) and len(seeds["runs"]) == phi_seeds - 1
+    for seed, (name, run) in enumerate(seeds["runs"].items(), start=1):
+        assert name == f"rehyat_seed{seed}"
+        assert run["distillation"]["steps"] == summary["settings"]["distill_steps"]
+    spread = seeds["spread"]["short"]["psnr_db"]
+    assert (spread is None) == (phi_seeds < 2)
+    # Attention error on held-out trajectories: references, every φ seed and the untrained φ.
+    errors = summary["attention_error"]
+    assert errors["trajectories"] == summary["section_settings"]["attention_trajectories"]
+    expected = {"untrained φ", "windowed softmax", "block-causal oracle"}
+    expected |= {f"φ seed {s}" for s in range(phi_seeds)}
+    assert expected <= set(errors["cases"]) and errors["seeds"] == [f"φ seed {s}" for s in range(phi_seeds)]
+    for name in expected:
+        blocks = errors["cases"][name]["blocks"]
+        assert set(blocks) == {"0", "1", "2", "3"} and all(0 < e < 2 for e in blocks.values())
+    means = {name: errors["cases"][name]["mean"] for name in expected}
+    # Exact attention to every earlier frame beats the softmax window alone.
+    assert means["block-causal oracle"] < means["windowed softmax"]
+    assert errors["gap_closed_over_seeds"]["n"] == phi_seeds and errors["gap_closed"]["φ seed 0"] is not None
+    # PSNR by chunk: the first chunk is the same for every causal model without a fine-tune.
+    tc = summary["cases"]["rehyat"]["case"]["attention"]["chunk_frames"]
+    head, exact = summary["cases"]["rehyat"]["chunks"], calibration["block_causal_oracle"]["chunks"]
+    assert head["chunk_frames"] == exact["chunk_frames"] == tc
+    assert len(head["short"][0]) == math.ceil(summary["training_frames"] / tc)
+    for a, b in zip(head["short"], exact["short"], strict=True):
+        assert a[0] == pytest.approx(b[0], abs=1e-3)
+    for heading in (
+        "## Calibration: floor, ceiling and the block-causal oracle",
+        "## Per-block attention error (the primary stage-1 evidence)",
+        "## PSNR by chunk",
+        "## Training noise: φ seeds of the headline case",
+        "## The shipped student",
+    ):
+        assert heading in doc
+
+
+def test_block_causal_oracle_is_the_teacher_within_one_chunk_and_causal_across_chunks():
+    from rehyat.fidelity.oracle import block_causal_model
+    from rehyat.models.wan_rehyat import convert
+    from rehyat.teacher.model import load_teacher
+
+    teacher = load_teacher()
+    frames = 6
+    x = teacher.initial_noise(frames, seed=3)  # (1, C, T, h, w)
+    t = torch.tensor([500.0])
+    context = teacher.encode(["a red circle bounces"])
+    with torch.no_grad():
+        reference = teacher.dit(x, t, context)
+        one_chunk = block_causal_model(teacher, chunk_frames=frames).dit(x, t, context)
+        oracle = block_causal_model(teacher, chunk_frames=3).dit(x, t, context)
+        converted = copy.deepcopy(teacher)
+        convert(converted.dit)  # ReHyAt Tc=3 To=1, untrained φ
+        rehyat = converted.dit(x, t, context)
+    torch.testing.assert_close(one_chunk, reference, rtol=1e-4, atol=1e-4)  # one chunk: plain softmax
+    # The first chunk sees only itself in both causal models; later chunks differ (φ is untrained).
+    torch.testing.assert_close(oracle[:, :, :3], rehyat[:, :, :3], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(oracle[:, :, 3:], rehyat[:, :, 3:], atol=1e-4)
+    assert not torch.allclose(oracle[:, :, :3], reference[:, :, :3], atol=1e-4)  # it cannot see the future
+    # Changing the last chunk's input leaves the earlier chunks' output untouched.
+    later = x.clone()
+    later[:, :, 3:] += 1.0
+    with torch.no_grad():
+        moved = block_causal_model(teacher, chunk_frames=3).dit(later, t, context)
+    torch.testing.assert_close(moved[:, :, :3], oracle[:, :, :3], rtol=1e-5, atol=1e-5)
+    assert teacher.dit.blocks[0].self_attn.attention.__class__.__name__ == "SoftmaxAttention"  # unchanged
+
+
+def test_perturbed_teacher_has_relative_weight_noise():
+    from rehyat.fidelity.oracle import perturbed_model
+    from rehyat.teacher.model import load_teacher
+
+    teacher = load_teacher()
+    before = {k: v.clone() for k, v in teacher.dit.state_dict().items()}
+    noisy = perturbed_model(teacher, 1e-3, seed=0)
+    again = perturbed_model(teacher, 1e-3, seed=0)
+    for name, weight in teacher.dit.state_dict().items():
+        assert torch.equal(weight, before[name])  # the teacher is unchanged
+        changed = noisy.dit.state_dict()[name]
+        assert torch.equal(changed, again.dit.state_dict()[name])  # seeded
+        ratio = (changed - weight)[weight != 0] / weight[weight != 0]
+        if ratio.numel() > 100:
+            assert 5e-4 < float(ratio.std()) < 2e-3
+    with pytest.raises(ValueError, match="relative must be a real number"):
+        perturbed_model(teacher, -1.0)
+
+
+def test_chunk_psnr_and_pooled_content():
+    clip = generate_clip(5, frames=8)
+    noisy = clip.pixels.clone()
+    noisy[:, 3:] = (noisy[:, 3:] + 0.3).clamp(-1, 1)  # frames 3… differ, frames 0–2 are exact
+    chunks = clip_metrics.chunk_psnr(clip.pixels, noisy, chunk_frames=3)
+    assert len(chunks) == 3 and chunks[0] is None and all(5 < c < 40 for c in chunks[1:])
+    with pytest.raises(ValueError, match="chunk_frames must be an integer"):
+        clip_metrics.chunk_psnr(clip.pixels, noisy, chunk_frames=0)
+    pooled = clip_metrics.pooled_content([clip.pixels], [clip.prompt], None, 3)
+    assert pooled["presence"] == 1.0 and pooled["blank_frames"] == 0.0 and pooled["spurious_frames"] == 0.0
+    assert pooled["passes"]["presence"] and 0.5 < pooled["seam_ratio"] < 2
+    black = clip_metrics.pooled_content([-torch.ones_like(clip.pixels)], [clip.prompt], None, 3)
+    assert black["blank_frames"] == 1.0 and not black["passes"]["blank"]
+    assert clip_metrics.pooled_content([], [], None, 3) is None
+
+
+def _seeded_summary(rehyat, seeds, other, trained_other=True):
+    cases = {}
+    for name, rows in (("rehyat", rehyat), ("linear_only", other)):
+        record = {
+            "case": {"group": "reference" if name == "rehyat" else "baseline", "converted_blocks": None},
+            "short": [{"psnr_db": v} for v in rows],
+            "long": [],
+            "distillation": {"steps": 1} if name == "rehyat" or trained_other else None,
+        }
+        record["summary"] = summarise(record)
+        cases[name] = record
+    runs = {
+        f"rehyat_seed{i}": {"short": [{"psnr_db": v} for v in rows], "long": []}
+        for i, rows in enumerate(seeds, start=1)
+    }
+    return {
+        "cases": cases,
+        "phi_seeds": {"case": "rehyat", "seeds": list(range(len(seeds) + 1)), "runs": runs},
+        "training_frames": 16,
+        "long_frames": 64,
+    }
+
+
+def test_training_noise_widens_the_paired_intervals():
+    from rehyat.fidelity.report import seed_spread
+
+    rehyat = [20.0, 21.0, 22.0, 23.0]
+    other = [19.4, 20.5, 21.3, 22.6]  # 0.55 dB below, very consistent across clips
+    noisy_seeds = [[x + 1.0 for x in rehyat], [x - 1.0 for x in rehyat]]
+    summary = _seeded_summary(rehyat, noisy_seeds, other)
+    spread = seed_spread(summary)
+    assert spread["n"] == 3 and spread["sd"] == pytest.approx(1.0) and spread["means"][0] == 21.5
+    d = paired_difference(summary, "rehyat", "linear_only")
+    assert d["half_width_clips"] == pytest.approx(t_critical(3) * d["sem"])
+    assert d["significant"] is False and d["half_width"] > 2 * 0.55  # within training noise
+    assert d["training_runs"] == 2 and d["training_sd"] == pytest.approx(1.0)
+    alone = paired_difference(_seeded_summary(rehyat, [], other), "rehyat", "linear_only")
+    assert alone["significant"] and "training_sd" not in alone  # one seed: clips only, as before
+    # Quiet seeds barely widen it; an untrained side adds no training noise.
+    quiet = _seeded_summary(rehyat, [[x + 0.001 for x in rehyat], rehyat], other, trained_other=False)
+    q = paired_difference(quiet, "rehyat", "linear_only")
+    assert q["training_runs"] == 1 and q["significant"]
+    assert q["half_width"] == pytest.approx(q["half_width_clips"], rel=0.05)
+    assert "with training noise" in trends(summary)[0]["here"]
+
+
+def test_fidelity_rows_of_a_shipped_student_and_its_budgets(tmp_path):
+    from rehyat.student import StudentRecipe, save_student, train_student
+    from rehyat.teacher.model import load_teacher
+
+    recipe = StudentRecipe(
+        stage1_steps=2,
+        stage1_prompts=3,
+        stage1_trajectory_steps=2,
+        stage2_steps=2,
+        stage2_batch=2,
+        stage2_clips=4,
+    )
+    result = train_student(load_teacher(), recipe, log=lambda _: None, work_dir=tmp_path / "stage2")
+    folder = tmp_path / "student"
+    save_student(result.stage1, result.student, folder, result.report)
+    config = FidelityConfig(
+        **{**TINY, "clips": 1, "long_clips": 1, "attention_trajectories": 1},
+        cases=("rehyat",),
+        phi_seeds=1,
+        student_dir=str(folder),
+        output=str(tmp_path / "out"),
+        run_dir=str(tmp_path / "run"),
+    )
+    summary = run_fidelity(config, log=lambda _: None)
+    student = summary["student"]
+    assert student["skipped"] == {} and list(student["rows"]) == ["shipped_student", "shipped_stage1"]
+    assert student["budgets"]["lora"]["recipe"] == recipe.to_dict()
+    assert "loss_curve" not in student["budgets"]["lora"]["stage2"]
+    for name, record in student["rows"].items():
+        assert len(record["short"]) == 1 and len(record["long"]) == 1
+        for kind in ("short", "long"):
+            content = record["content"][kind]
+            assert {"presence", "kind_correct", "spurious_frames", "continuous_pairs", "blank_frames"} <= set(
+                content
+            )
+            assert "seam_ratio" in content
+        assert summary["range_shares"]["rows"][name]["short"] is not None
+    # Stage 2 changed the weights: the two rows' clips differ.
+    rows = student["rows"]
+    assert rows["shipped_student"]["short"][0]["psnr_db"] != rows["shipped_stage1"]["short"][0]["psnr_db"]
+    assert "shipped stage-1 φ" in summary["attention_error"]["cases"]
+    doc = (tmp_path / "out" / "fidelity.md").read_text()
+    assert "shipped student (stage 1 + 2)" in doc and "shipped stage-1 φ only" in doc
+    assert "Stage 2 (flow-matching fine-tune): 2 steps × batch 2 on 4 generator clips" in doc
+    assert "Stage 1 (φ distillation): 2 steps on 3 generator prompts" in doc
+    assert "no seed-to-seed spread" in doc  # one φ seed: said, not hidden
+    _check_calibrated_sections(summary, doc, phi_seeds=1)
+
+
+def test_new_options_are_validated_and_reach_the_cli():
+    with pytest.raises(ValueError, match="phi_seeds must be an integer in"):
+        FidelityConfig(phi_seeds=0)
+    with pytest.raises(ValueError, match="attention_trajectories must be an integer in"):
+        FidelityConfig(attention_trajectories=0)
+    with pytest.raises(ValueError, match="ceiling_noise must be a real number in"):
+        FidelityConfig(ceiling_noise=0.0)
+    identity = FidelityConfig().identity()  # section knobs are stored with their own results
+    assert not {"phi_seeds", "attention_trajectories", "ceiling_noise", "student_dir"} & set(identity)
+    result = subprocess.run(
+        [sys.executable, "-m", "rehyat", "fidelity", "--phi-seeds", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "phi_seeds must be an integer in [1, 100]" in result.stderr

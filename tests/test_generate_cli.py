@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rehyat.cli import build_parser, main
-from rehyat.teacher.generate import generate_video, to_uint8_frames
+from rehyat.student.generate import generate_video, to_uint8_frames
 from rehyat.teacher.model import ASSETS, teacher_files_present
 
 pytestmark = pytest.mark.skipif(

@@ -194,7 +194,7 @@ def test_phi_made_on_fp32_loads_on_low_precision_checkpoints(tiny_sd, model, var
     weight = loaded.model.diffusion_model.blocks[0].self_attn.q.weight
     assert weight.dtype == dtypes.get(variant, torch.float8_e4m3fn)
     weights = pack_module("rehyat.weights")
-    patch = pack_module("nodes.patch")
+    patch = pack_module("nodes.patching")
     assert weights.fingerprints_match(patch.model_fingerprint(loaded), patch.model_fingerprint(model))
     clone, _ = trained_clone(model)
     hybrid = pack_module("rehyat.integrations.comfyui_wan").comfy_patch_info(clone).hybrid
@@ -220,7 +220,7 @@ def test_lora_patched_model_fingerprints_as_its_base_loaded_or_not(model):
     lora = model.clone()
     delta = seeded((256, 256), 7) * 0.5  # a strong LoRA-like change of q
     lora.add_patches({key: ("diff", (delta,))}, strength_patch=1.0)
-    patch = pack_module("nodes.patch")
+    patch = pack_module("nodes.patching")
     base = patch.model_fingerprint(model)
     assert patch.model_fingerprint(lora) == base  # not loaded: the module holds the base weights
     lora.patch_model()
@@ -239,7 +239,7 @@ def test_lora_patched_model_fingerprints_as_its_base_loaded_or_not(model):
 def _phi_of(clone):
     weights = pack_module("rehyat.weights")
     info = pack_module("rehyat.integrations.comfyui_wan").comfy_patch_info(clone)
-    patch = pack_module("nodes.patch")
+    patch = pack_module("nodes.patching")
     return weights.PhiWeights(info.config, info.blocks, weights.BaseModelInfo(256, 2, 2),
                               patch.model_fingerprint(clone), weights.collect_phi_tensors(info.hybrid))
 

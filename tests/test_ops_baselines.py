@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rehyat import FeatureMapConfig, FeatureMapPair
-from rehyat.config import HybridAttentionConfig
+from rehyat.baselines import BaselineAttentionConfig
+from rehyat.config import ConversionConfig, HybridAttentionConfig
 from rehyat.hybrid import FrameGrid, HybridAttention, ReHyAtRun, build_attention
 from rehyat.ops import rehyat_attention_naive
 from rehyat.ops.linear_only import linear_attention, linear_attention_naive
@@ -110,16 +111,45 @@ def test_baseline_ops_refuse_bad_arguments():
 
 
 def test_config_variants_validate():
-    assert HybridAttentionConfig().variant == "rehyat"
+    assert HybridAttentionConfig().baseline is None and HybridAttentionConfig().uses_phi
+    with pytest.raises(TypeError):
+        HybridAttentionConfig(variant="linear_only")  # the product config has no baseline fields
     with pytest.raises(ValueError, match="variant must be one of"):
-        HybridAttentionConfig(variant="hedgehog")
+        BaselineAttentionConfig(variant="hedgehog")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        BaselineAttentionConfig(variant="rehyat")
     with pytest.raises(ValueError, match="rate must be an integer ≥ 1"):
-        HybridAttentionConfig(variant="uniform_hybrid", rate=0)
-    config = HybridAttentionConfig(variant="uniform_hybrid", rate=4)
-    assert HybridAttentionConfig.from_dict(config.to_dict()) == config
+        BaselineAttentionConfig(variant="uniform_hybrid", rate=0)
+    config = BaselineAttentionConfig(variant="uniform_hybrid", rate=4)
+    assert config.baseline == "uniform_hybrid" and config.uses_phi
+    assert not BaselineAttentionConfig(variant="windowed_softmax").uses_phi
+    assert HybridAttentionConfig.from_dict(config.to_dict()) == config  # baseline φ files keep loading
+    assert config != HybridAttentionConfig()
+    like = BaselineAttentionConfig.like(HybridAttentionConfig(chunk_frames=5), "linear_only", causal=False)
+    assert (like.chunk_frames, like.causal, like.variant, like.rate) == (5, False, "linear_only", 2)
     old = config.to_dict()
     del old["variant"], old["rate"]  # φ files written before the baselines existed
     assert HybridAttentionConfig.from_dict(old) == HybridAttentionConfig()
+    with pytest.raises(ValueError, match="variant must be one of"):
+        HybridAttentionConfig.from_dict({**old, "variant": "hedgehog"})
+
+
+def test_rehyat_config_keeps_the_pinned_format_keys():
+    """φ files, run identities and reports hold ``"variant": "rehyat", "rate": 2``: written as
+    before, read back (the rate checked and ignored) — the baselines' fields moved out of the class."""
+    config = HybridAttentionConfig(chunk_frames=2, feature_map=SMALL_MAP)
+    data = config.to_dict()
+    assert list(data) == ["chunk_frames", "overlap_frames", "causal", "feature_map", "variant", "rate"]
+    assert (data["variant"], data["rate"]) == ("rehyat", 2)
+    assert ConversionConfig(attention=config).to_dict()["attention"] == data
+    assert HybridAttentionConfig.from_dict(data) == config
+    assert HybridAttentionConfig.from_dict({**data, "rate": 4}) == config  # legacy slot: ignored
+    with pytest.raises(ValueError, match="rate must be an integer ≥ 1"):
+        HybridAttentionConfig.from_dict({**data, "rate": 0})
+    with pytest.raises(ValueError, match="unknown HybridAttentionConfig field"):
+        HybridAttentionConfig.from_dict({**data, "window": 3})
+    baseline = ConversionConfig(attention=BaselineAttentionConfig.like(config, "linear_only"))
+    assert ConversionConfig.from_dict(baseline.to_dict()) == baseline
 
 
 @pytest.mark.parametrize(
@@ -141,7 +171,7 @@ def test_config_variants_validate():
     ],
 )
 def test_hybrid_attention_runs_each_baseline_in_parallel_and_refuses_recurrent(variant, reference):
-    config = HybridAttentionConfig(
+    config = BaselineAttentionConfig(
         chunk_frames=2, overlap_frames=1, feature_map=SMALL_MAP, variant=variant, rate=3
     )
     module = build_attention(2, 8, config, block_index=4)
@@ -154,7 +184,7 @@ def test_hybrid_attention_runs_each_baseline_in_parallel_and_refuses_recurrent(v
 
 
 def test_baselines_are_built_off_the_product_class():
-    baseline = HybridAttentionConfig(feature_map=SMALL_MAP, variant="linear_only")
+    baseline = BaselineAttentionConfig(feature_map=SMALL_MAP, variant="linear_only")
     assert type(build_attention(2, 8, HybridAttentionConfig(feature_map=SMALL_MAP), 0)) is HybridAttention
     assert type(build_attention(2, 8, baseline, 0)).__module__ == "rehyat.baselines.attention"
     with pytest.raises(ValueError, match="build the block's module with rehyat.hybrid.build_attention"):
@@ -162,9 +192,9 @@ def test_baselines_are_built_off_the_product_class():
 
 
 def test_windowed_softmax_baseline_trains_nothing_and_baselines_cannot_run_recurrently():
-    from rehyat.config import ConversionConfig, check_recurrent_capable
+    from rehyat.config import check_recurrent_capable
 
-    config = HybridAttentionConfig(
+    config = BaselineAttentionConfig(
         chunk_frames=2, overlap_frames=1, feature_map=SMALL_MAP, variant="windowed_softmax"
     )
     module = build_attention(1, 8, config, block_index=0)
@@ -173,6 +203,26 @@ def test_windowed_softmax_baseline_trains_nothing_and_baselines_cannot_run_recur
     assert q.grad is not None and all(p.grad is None for p in module.parameters())  # φ is not used
     for variant in ("linear_only", "windowed_softmax", "uniform_hybrid"):
         with pytest.raises(ValueError, match=f"uses the '{variant}' baseline"):
-            check_recurrent_capable((0, 1), 2, True, variant)
-    check_recurrent_capable((0, 1), 2, True, "rehyat")
+            check_recurrent_capable((0, 1), 2, BaselineAttentionConfig(variant=variant))
+    check_recurrent_capable((0, 1), 2, HybridAttentionConfig())
     assert ConversionConfig(attention=config).attention.variant == "windowed_softmax"
+
+
+def test_phi_files_written_with_the_legacy_keys_keep_loading():
+    """The shipped φ (``"variant": "rehyat", "rate": 2`` in its conversion_config) loads as ReHyAt and
+    its config serialises back to exactly what the file holds."""
+    import json
+    from pathlib import Path
+
+    import safetensors
+
+    import rehyat
+    from rehyat.weights import load_phi_weights
+
+    path = Path(rehyat.__file__).parent / "assets" / "teacher_phi.safetensors"
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        stored = json.loads(handle.metadata()["conversion_config"])
+    assert (stored["attention"]["variant"], stored["attention"]["rate"]) == ("rehyat", 2)
+    phi = load_phi_weights(path)
+    assert type(phi.config.attention) is HybridAttentionConfig
+    assert phi.config.to_dict() == stored

@@ -24,7 +24,7 @@ from rehyat.student import (
 )
 from rehyat.student.attention_error import ORACLE, WINDOWED, attention_errors
 from rehyat.student.files import merged, read_lora
-from rehyat.teacher.generate import generate_video
+from rehyat.student.generate import generate_video
 from rehyat.teacher.model import SamplingConfig, Teacher, TeacherConfig, load_teacher
 from rehyat.teacher.shapes import ClipSpec
 from rehyat.teacher.text import TextEncoderConfig

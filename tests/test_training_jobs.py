@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from rehyat.baselines import BaselineAttentionConfig
 from rehyat.config import ConversionConfig, FeatureMapConfig, HybridAttentionConfig
 from rehyat.ops import chunk_layout
 from rehyat.training.distill_job import DistillInputs, conversion_for
@@ -55,7 +56,10 @@ def test_distillation_refuses_what_cannot_train():
     with pytest.raises(ValueError, match="query_chunk_fraction < 1 needs causal"):
         check_distillable(HybridAttentionConfig(causal=False), DistillOptions(query_chunk_fraction=0.5))
     with pytest.raises(ValueError, match="no φ to distil"):
-        check_distillable(HybridAttentionConfig(variant="windowed_softmax"), DistillOptions())
+        check_distillable(BaselineAttentionConfig(variant="windowed_softmax"), DistillOptions())
+    with pytest.raises(ValueError, match="needs ReHyAt attention"):
+        check_distillable(BaselineAttentionConfig(variant="linear_only"),
+                          DistillOptions(query_chunk_fraction=0.5))
     check_distillable(HybridAttentionConfig(), DistillOptions(query_chunk_fraction=0.5))
 
 

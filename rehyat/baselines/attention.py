@@ -6,28 +6,31 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from ..config import HybridAttentionConfig
 from ..hybrid import HybridAttention, ReHyAtRun
 from ..ops.linear_only import linear_attention
 from ..ops.uniform_hybrid import uniform_hybrid_attention
 from ..ops.windowed_softmax import windowed_softmax_attention
+from .config import BaselineAttentionConfig
 
 
 class BaselineAttention(HybridAttention):
     """The attention of ``config.variant`` ("linear_only", "windowed_softmax" or "uniform_hybrid").
 
-    Same constructor, φ modules and checks as :class:`~rehyat.hybrid.HybridAttention`; the windowed
-    softmax uses no φ (they stay untrained), the others use φq / φk over the tokens they treat
-    linearly. ``run.mode`` must be "parallel".
+    Same constructor (with a :class:`BaselineAttentionConfig`), φ modules and checks as
+    :class:`~rehyat.hybrid.HybridAttention`; the windowed softmax uses no φ (they stay untrained),
+    the others use φq / φk over the tokens they treat linearly. ``run.mode`` must be "parallel".
     """
 
-    VARIANTS: ClassVar[tuple[str, ...]] = ("linear_only", "windowed_softmax", "uniform_hybrid")
+    CONFIG: ClassVar[type[HybridAttentionConfig]] = BaselineAttentionConfig
+    config: BaselineAttentionConfig
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, run: ReHyAtRun) -> Tensor:
         cfg, maps = self.config, self.feature_maps
         if run.mode != "parallel":
             raise ValueError(
                 f"block {self.block_index} runs the {cfg.variant!r} baseline, which has no recurrent form: "
-                "use the parallel forward, or variant='rehyat' for chunk-by-chunk generation"
+                "use the parallel forward, or ReHyAt attention for chunk-by-chunk generation"
             )
         if cfg.variant == "linear_only":
             return linear_attention(q, k, v, phi_q=maps.phi_q, phi_k=maps.phi_k)  # (B, H, N, d)

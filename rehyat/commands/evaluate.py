@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_write_bytes
-    from ..teacher.evaluate import STUDENT_TARGETS, TEACHER_TARGETS, evaluate_model
+    from ..student.evaluation import evaluate_model
+    from ..teacher.evaluate import STUDENT_TARGETS, TEACHER_TARGETS
 
     if args.clips < 1:
         raise ValueError(f"--clips must be ≥ 1; got {args.clips}")

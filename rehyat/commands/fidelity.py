@@ -78,6 +78,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="teacher clips the fine-tuned case trains on",
     )
     parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="stage-2 learning rate")
+    parser.add_argument(
+        "--phi-seeds",
+        type=int,
+        default=d.phi_seeds,
+        help="φ initialisation seeds of the headline case (their spread is the training noise in intervals)",
+    )
+    parser.add_argument(
+        "--attention-trajectories",
+        type=int,
+        default=d.attention_trajectories,
+        help="held-out teacher trajectories of the per-block attention error section",
+    )
+    parser.add_argument(
+        "--ceiling-noise",
+        type=float,
+        default=d.ceiling_noise,
+        help="relative noise on every teacher weight of the noise-ceiling row",
+    )
+    parser.add_argument(
+        "--student-dir",
+        default=None,
+        help="the shipped student's files (default: the teacher's folder; rows skipped when absent)",
+    )
     parser.add_argument("--output", default=d.output, help="folder for fidelity.md / .json / _scatter.png")
     parser.add_argument(
         "--run-dir", default=None, help="resumable work folder (default: <output>/.fidelity_run)"
@@ -113,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         finetune_samples=args.finetune_samples,
         finetune_lr=args.finetune_lr,
+        phi_seeds=args.phi_seeds,
+        attention_trajectories=args.attention_trajectories,
+        ceiling_noise=args.ceiling_noise,
+        student_dir=args.student_dir,
         output=args.output,
         run_dir=args.run_dir,
         teacher_dir=args.teacher_dir,

@@ -3,7 +3,7 @@
 Writes a NumPy array ``.npy`` of uint8 RGB frames, shape ``(F, H, W, 3)``. The same seed gives both
 models the same starting noise, so ``--model teacher`` and ``--model rehyat`` clips compare frame by
 frame; the same (prompt, seed, frames) gives the same clip as the demo and the library
-(:func:`rehyat.teacher.generate.generate_video`).
+(:func:`rehyat.student.generate.generate_video`).
 
 Prompts use the teacher's words: ``a <colour> <shape> [and a <colour> <shape>]
 [bounces|bounce|collide]`` with colours red, green, blue, yellow, cyan, magenta and shapes circle,
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_write_bytes
-    from ..teacher.generate import check_frames, generate_video
+    from ..student.generate import check_frames, generate_video
     from ..teacher.text import parse_prompt, vocabulary_text
 
     if not args.prompt.strip():

@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 
 MIB = 2**20
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # every allocation ≥ 128 KiB is its own mmap
+STATUS = "status: "  # prefix of the child's progress lines on stderr
 
 
 def _status_mib(field: str) -> float | None:
@@ -69,18 +72,43 @@ def measure_call(
     return result, seconds, max(peak - before, 0.0)
 
 
-def measure_lengths_in_child(request: dict[str, Any], timeout: float = 1800.0) -> list[dict[str, Any]]:
-    """Run :mod:`rehyat.demo.measure_child` on ``request`` in a fresh process; returns its rows."""
+def measure_lengths_in_child(
+    request: dict[str, Any], timeout: float = 1800.0, log: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run :mod:`rehyat.demo.measure_child` on ``request`` in a fresh process; returns its rows.
+
+    The child's progress lines are passed to ``log`` as they come (no silent minute).
+    """
     env = {**os.environ, **CHILD_ENV}
-    done = subprocess.run(
-        [sys.executable, "-m", "rehyat.demo.measure_child"],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the time/memory measurement process failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "rehyat.demo.measure_child"],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        timer = threading.Timer(timeout, child.kill)
+        timer.start()
+        errors: list[str] = []
+        try:
+            assert child.stdin is not None and child.stderr is not None
+            child.stdin.write(json.dumps(request))
+            child.stdin.close()
+            for line in child.stderr:
+                if line.startswith(STATUS):
+                    if log is not None:
+                        log("  " + line[len(STATUS):].rstrip())
+                else:
+                    errors.append(line)
+            code = child.wait()
+        finally:
+            timer.cancel()
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if code != 0:
+            raise RuntimeError(f"the time/memory measurement process failed:\n{''.join(errors)[-2000:]}")
+        out.seek(0)
+        return json.loads(out.read().strip().splitlines()[-1])

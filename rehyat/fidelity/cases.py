@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ..baselines import BaselineAttentionConfig
 from ..config import ConversionConfig, HybridAttentionConfig, require_int
 
 Group = Literal["reference", "baseline", "chunk_frames", "overlap_frames", "causality", "blocks", "finetune"]
@@ -32,7 +33,8 @@ class FidelityCase:
     Attributes:
         name: unique id (file names, JSON keys).
         group: which comparison it belongs to (see :data:`GROUPS`).
-        attention: Tc, To, causality, φ shape and attention variant of the converted blocks.
+        attention: Tc, To, causality and φ shape of the converted blocks; a
+            :class:`~rehyat.baselines.BaselineAttentionConfig` for a baseline.
         converted_blocks: how many blocks (the last ones) are converted; None: all.
         finetune: after distillation, fine-tune with flow matching (stage 2).
     """
@@ -48,24 +50,20 @@ class FidelityCase:
             raise ValueError(f"group must be one of {GROUPS}; got {self.group!r}")
         if self.converted_blocks is not None:
             require_int("converted_blocks", self.converted_blocks, low=1)
-        if self.finetune and self.attention.variant == "windowed_softmax":
-            raise ValueError("finetune needs φ to train; the windowed_softmax baseline has none")
+        if self.finetune and not self.attention.uses_phi:
+            raise ValueError(f"finetune needs φ to train; the {self.attention.baseline} baseline has none")
 
     @property
     def distils(self) -> bool:
-        """Whether the case has φ to distil (every variant but the windowed softmax)."""
-        return self.attention.variant != "windowed_softmax"
+        """Whether the case has φ to distil (every case but the windowed-softmax baseline)."""
+        return self.attention.uses_phi
 
     @property
     def label(self) -> str:
         """Name in tables and plots."""
         a = self.attention
-        if a.variant == "linear_only":
-            return "linear-only (Hedgehog)"
-        if a.variant == "uniform_hybrid":
-            return f"uniform hybrid R={a.rate}"
-        if a.variant == "windowed_softmax":
-            return f"windowed softmax Tc={a.chunk_frames} To={a.overlap_frames} (no linear part)"
+        if isinstance(a, BaselineAttentionConfig):
+            return _baseline_label(a)
         text = f"ReHyAt Tc={a.chunk_frames} To={a.overlap_frames}"
         if not a.causal:
             text += " non-causal"
@@ -81,7 +79,7 @@ class FidelityCase:
         return ConversionConfig(num_blocks=count, placement="last", attention=self.attention)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (``attention`` always holds ``variant`` and ``rate``)."""
         return {
             "name": self.name,
             "group": self.group,
@@ -90,6 +88,14 @@ class FidelityCase:
             "converted_blocks": self.converted_blocks,
             "finetune": self.finetune,
         }
+
+
+def _baseline_label(a: BaselineAttentionConfig) -> str:
+    if a.variant == "linear_only":
+        return "linear-only (Hedgehog)"
+    if a.variant == "uniform_hybrid":
+        return f"uniform hybrid R={a.rate}"
+    return f"windowed softmax Tc={a.chunk_frames} To={a.overlap_frames} (no linear part)"
 
 
 def reference_case() -> FidelityCase:
@@ -101,12 +107,13 @@ def full_grid(num_blocks: int = 4) -> list[FidelityCase]:
     """Every comparison of the fidelity table for a teacher of ``num_blocks`` blocks."""
     ref = reference_case()
     a = ref.attention
+    baseline = BaselineAttentionConfig.like
     cases = [ref]
     cases += [
-        FidelityCase("linear_only", "baseline", replace(a, variant="linear_only", causal=False)),
-        FidelityCase("windowed_softmax", "baseline", replace(a, variant="windowed_softmax")),
-        FidelityCase("uniform_r2", "baseline", replace(a, variant="uniform_hybrid", rate=2, causal=False)),
-        FidelityCase("uniform_r4", "baseline", replace(a, variant="uniform_hybrid", rate=4, causal=False)),
+        FidelityCase("linear_only", "baseline", baseline(a, "linear_only", causal=False)),
+        FidelityCase("windowed_softmax", "baseline", baseline(a, "windowed_softmax")),
+        FidelityCase("uniform_r2", "baseline", baseline(a, "uniform_hybrid", rate=2, causal=False)),
+        FidelityCase("uniform_r4", "baseline", baseline(a, "uniform_hybrid", rate=4, causal=False)),
     ]
     cases += [FidelityCase(f"tc{tc}", "chunk_frames", replace(a, chunk_frames=tc)) for tc in (1, 2, 5)]
     cases += [FidelityCase(f"to{to}", "overlap_frames", replace(a, overlap_frames=to)) for to in (0, 2, 3)]

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..metrics import psnr_clip, seam_report, temporal_flicker
-from ..teacher.evaluate import score_clip
+from ..teacher.evaluate import STUDENT_TARGETS, score_clip
+from ..teacher.evaluate import summarise as summarise_scores
 from ..teacher.shapes import ClipSpec
 
 
@@ -68,6 +69,31 @@ def content(clip: Tensor, prompt: str, spec: ClipSpec | None = None) -> dict[str
         "motion_plausible": score.continuous_pairs,
         "kind_correct": score.kind_correct,
     }
+
+
+def chunk_psnr(teacher: Tensor, clip: Tensor, chunk_frames: int) -> list[float | None]:
+    """PSNR (dB) of ``clip`` against ``teacher`` per chunk of ``chunk_frames`` frames (the last chunk may be
+    shorter); identical chunks give None (infinite PSNR)."""
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be an integer ≥ 1; got {chunk_frames!r}")
+    a, b = to_unit_frames(teacher), to_unit_frames(clip)  # (T, H, W, 3)
+    out: list[float | None] = []
+    for start in range(0, a.shape[0], chunk_frames):
+        value = psnr_clip(b[start : start + chunk_frames], a[start : start + chunk_frames])
+        out.append(value if math.isfinite(value) else None)
+    return out
+
+
+def pooled_content(
+    clips: list[Tensor], prompts: list[str], spec: ClipSpec | None, chunk_frames: int | None
+) -> dict[str, Any] | None:
+    """The clips' content measures pooled by :func:`rehyat.teacher.evaluate.summarise` against the
+    student targets (presence, kind, spurious, continuity, blank frames, seam ratio on the Tc grid);
+    None without clips."""
+    if not clips:
+        return None
+    scores = [score_clip(c, p, spec, chunk_frames) for c, p in zip(clips, prompts, strict=False)]
+    return summarise_scores(scores, spec, STUDENT_TARGETS)
 
 
 def mean_and_sem(values: list[float | None]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..baselines import BaselineAttentionConfig
 from ..config import HybridAttentionConfig
 from ..flops import (
     linear_attention_flops,
@@ -39,13 +40,14 @@ WAN_1_3B_81_FRAMES = AttentionShape("Wan2.1-1.3B, 81 frames 480×832", 30, 12, 1
 
 
 def converted_attention_flops(attention: HybridAttentionConfig, shape: AttentionShape) -> int:
-    """FLOPs of one converted block's self-attention (batch 1) for ``attention``'s variant."""
+    """FLOPs of one converted block's self-attention (batch 1) for ``attention`` (ReHyAt or a baseline)."""
     h, d, t, p = shape.num_heads, shape.head_dim, shape.frames, shape.tokens_per_frame
     fm = attention.feature_map
-    if attention.variant == "linear_only":
+    baseline = attention if isinstance(attention, BaselineAttentionConfig) else None
+    if baseline is not None and baseline.variant == "linear_only":
         return linear_attention_flops(1, h, t * p, d, feature_map=fm).total
-    if attention.variant == "uniform_hybrid":
-        return uniform_hybrid_attention_flops(1, h, t * p, d, rate=attention.rate, feature_map=fm).total
+    if baseline is not None and baseline.variant == "uniform_hybrid":
+        return uniform_hybrid_attention_flops(1, h, t * p, d, rate=baseline.rate, feature_map=fm).total
     counts = rehyat_attention_flops(
         1,
         h,
@@ -57,7 +59,7 @@ def converted_attention_flops(attention: HybridAttentionConfig, shape: Attention
         feature_map=fm,
         causal=attention.causal,
     )
-    return counts.softmax if attention.variant == "windowed_softmax" else counts.total
+    return counts.softmax if attention.baseline == "windowed_softmax" else counts.total
 
 
 def attention_share(case: FidelityCase, shape: AttentionShape, teacher_blocks: int) -> float:

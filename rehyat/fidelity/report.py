@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write, atomic_write_bytes
+from .report_sections import (
+    attention_error_section,
+    calibration_section,
+    chunk_section,
+    seeds_section,
+    student_section,
+)
 
 WAN = "wan2.1_1.3b_81_frames"
 EQUIVALENCE_MARGIN_DB = 0.5  # "no difference" needs the whole 95 % interval within ± this
@@ -73,10 +80,43 @@ def write_report(summary: dict[str, Any], output: Path) -> list[Path]:
 # --- paired statistics ------------------------------------------------------------------------------
 
 
+def seed_spread(
+    summary: dict[str, Any], metric: str = "psnr_db", kind: str = "short"
+) -> dict[str, Any] | None:
+    """Training noise: the sample standard deviation over the headline case's φ seeds of its mean
+    ``metric`` over the same clips (``{"sd", "n", "means"}``; None with fewer than two seeds)."""
+    seeds = summary.get("phi_seeds")
+    if not seeds:
+        return None
+    headline = summary.get("cases", {}).get(seeds.get("case", "rehyat"))
+    records = ([headline] if headline else []) + list(seeds.get("runs", {}).values())
+    means = []
+    for record in records:
+        values = [row.get(metric) for row in record.get(kind) or []]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if values:
+            means.append(sum(values) / len(values))
+    if len(means) < 2:
+        return None
+    mean = sum(means) / len(means)
+    sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
+    return {"sd": sd, "n": len(means), "means": means}
+
+
+def _trained(record: dict[str, Any]) -> bool:
+    """Whether a case's result is one training run (φ distilled or fine-tuned)."""
+    return record.get("distillation") is not None or bool(record.get("finetune"))
+
+
 def paired_difference(
     summary: dict[str, Any], case: str, reference: str, metric: str = "psnr_db", kind: str = "short"
 ) -> dict[str, Any] | None:
-    """Mean ± standard error of ``case − reference`` over the clips both have (same prompt and seed)."""
+    """Mean ± standard error of ``case − reference`` over the clips both have (same prompt and seed).
+
+    With φ seeds in the run (:func:`seed_spread`), the training noise of each trained side (one run
+    each) is added to the clips' variance before the 95 % interval (Welch–Satterthwaite degrees of
+    freedom): ``half_width`` then includes it, ``half_width_clips`` is the clips-only interval.
+    """
     cases = summary["cases"]
     if case not in cases or reference not in cases:
         return None
@@ -94,8 +134,22 @@ def paired_difference(
         else None
     )
     half_width = None if sem is None else t_critical(len(diffs) - 1) * sem  # 95 % interval half-width
-    significant = half_width is not None and abs(mean) > half_width
-    return {"mean": mean, "sem": sem, "n": len(diffs), "half_width": half_width, "significant": significant}
+    out: dict[str, Any] = {"mean": mean, "sem": sem, "n": len(diffs), "half_width": half_width}
+    runs = sum(_trained(cases[name]) for name in (case, reference))
+    spread = seed_spread(summary, metric, kind) if sem is not None and runs else None
+    if spread is not None:
+        clips_var, train_var = sem**2, runs * spread["sd"] ** 2
+        denominator = clips_var**2 / (len(diffs) - 1) + train_var**2 / (spread["n"] - 1)
+        df = (clips_var + train_var) ** 2 / denominator if denominator > 0 else len(diffs) - 1
+        out.update(
+            half_width=t_critical(max(1, int(df))) * math.sqrt(clips_var + train_var),
+            half_width_clips=half_width,
+            training_sd=spread["sd"],
+            training_runs=runs,
+            df=df,
+        )
+    out["significant"] = out["half_width"] is not None and abs(mean) > out["half_width"]
+    return out
 
 
 def _value(summary: dict[str, Any], case: str, metric: str = "psnr_db", kind: str = "short") -> float | None:
@@ -110,6 +164,11 @@ def _diff_text(d: dict[str, Any] | None, unit: str = " dB") -> str:
         return f"{d['mean']:+.2f}{unit} (one clip)"
     star = " (significant)" if d["significant"] else " (within noise)"
     digits = 2 if f"{abs(d['mean']):.2f}" != f"{d['half_width']:.2f}" else 3  # never print "x ± x"
+    if "training_sd" in d:
+        return (
+            f"{d['mean']:+.{digits}f} ± {d['half_width']:.{digits}f}{unit} with training noise (clips alone "
+            f"± {d['half_width_clips']:.{digits}f}, φ-seed SD {d['training_sd']:.{digits}f}){star}"
+        )
     return f"{d['mean']:+.{digits}f} ± {d['half_width']:.{digits}f}{unit}{star}"
 
 
@@ -388,9 +447,9 @@ def markdown(summary: dict[str, Any]) -> str:
         "- **Statistics**: table cells are mean ± standard error over clips. A difference between two cases "
         "is *paired* (same prompt, seed and teacher clip) and shown as mean ± the half-width of its 95 % "
         "Student-t interval; *significant* when that interval excludes 0. Each verdict is one such test "
-        "(no correction for the ~10 of them), and each case is one distillation run, so run-to-run "
-        'training noise is not in the interval. "Causal ≈ non-causal" agrees only when the whole '
-        f"interval lies within ±{EQUIVALENCE_MARGIN_DB:g} dB. Verdicts use PSNR at {short} frames.",
+        f"(no correction for the ~10 of them), {_noise_text(summary)} \"Causal ≈ non-causal\" agrees only "
+        f"when the whole interval lies within ±{EQUIVALENCE_MARGIN_DB:g} dB. Verdicts use PSNR at {short} "
+        "frames.",
         "- **Cost**: self-attention FLOPs of all blocks as a share of softmax's, counted analytically "
         f"(`rehyat.flops`), for Wan2.1-1.3B at 81 frames 480×832 (where the method is meant to run; a case "
         f"converting c of the teacher's {facts['blocks']} blocks converts round({wan_blocks}·c/"
@@ -406,10 +465,15 @@ def markdown(summary: dict[str, Any]) -> str:
         f"motion plausible {_fmt(content.get('motion_plausible', {}).get('mean'))}, spurious colours "
         f"{_fmt(content.get('spurious', {}).get('mean'))} (share of frames).",
         "",
+        *attention_error_section(summary),
         "## All cases",
         "",
         *_table(summary, list(cases)),
         "",
+        *calibration_section(summary),
+        *seeds_section(summary),
+        *chunk_section(summary),
+        *student_section(summary),
         "## Against the paper",
         "",
         "| claim | paper | this run | verdict |",
@@ -439,6 +503,19 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _noise_text(summary: dict[str, Any]) -> str:
+    """How training noise enters the intervals (one sentence)."""
+    spread = seed_spread(summary)
+    if spread is None:
+        return "and each case is one distillation run, so run-to-run training noise is not in the interval."
+    return (
+        f"and each case is one training run: the headline case was distilled from {spread['n']} φ seeds, and "
+        f"their spread (SD {spread['sd']:.2f} dB of the mean PSNR at {summary['training_frames']} frames) is "
+        "added once per trained side to every interval (Welch–Satterthwaite degrees of freedom) — "
+        "*significant* means beyond both clip sampling and training noise."
+    )
 
 
 def settings_line(settings: dict[str, Any]) -> str:

@@ -5,6 +5,12 @@ clips are generated from held-out prompts and seeds — prompts the distillation
 case's model and with the teacher, at the teacher's training length and at ``long_factor`` times it.
 Each finished case is written to ``<run_dir>/cases/<name>.json`` (atomically), so an interrupted run
 picks up at the first unfinished case; results for other settings are refused, not mixed.
+
+Around the grid (each stored in the work folder with what it depends on): the calibration rows —
+other-seed floor, all-black, static mean, weight-noise ceiling and the block-causal softmax oracle
+(:mod:`.calibration`); the headline case from ``phi_seeds`` φ seeds (:mod:`.seeds`), whose spread
+enters every paired interval; the per-block attention error on held-out trajectories
+(:mod:`.attention_section`); and the shipped student's rows (:mod:`.shipped`).
 """
 
 from __future__ import annotations
@@ -25,15 +31,26 @@ from ..atomic import atomic_save_file, atomic_write_bytes
 from ..config import require_int, require_real
 from ..metrics import temporal_flicker
 from ..models.wan_rehyat import convert, load_phi, save_phi
+from ..student import PHI_FILE
+from ..student.train import HELD_OUT_SCENES
 from ..teacher.analysis import attention_temporal_structure
 from ..teacher.distillation import distil_on_teacher, generator_prompts
-from ..teacher.model import SamplingConfig, Teacher, load_teacher
+from ..teacher.evaluate import held_out_pairs
+from ..teacher.model import ASSETS, SamplingConfig, Teacher, load_teacher
 from . import clip_metrics
+from .attention_section import attention_section
+from .calibration import calibration_rows, range_shares
 from .cases import FidelityCase, grid
 from .cost import WAN_1_3B_81_FRAMES, AttentionShape, attention_share
 from .finetune_stage import finetune_on_teacher
+from .report import seed_spread
+from .scoring import generate_clips, score_clips, summarise
+from .seeds import phi_path, seed_runs
+from .shipped import shipped_rows
 
 SETTINGS_FILE = "settings.json"
+SECTION_KNOBS = ("phi_seeds", "attention_trajectories", "ceiling_noise", "student_dir")
+HEADLINE = "rehyat"  # the headline case: φ seeds, attention error, chunk PSNR and the oracle's Tc
 TEACHER_CLIPS = "teacher_clips.safetensors"
 
 
@@ -54,6 +71,13 @@ class FidelityConfig:
         finetune_steps, finetune_samples, finetune_lr: the stage-2 fine-tune of the "finetune" case
             (every weight trains, flow matching on teacher-generated clips of the distillation prompts).
         eval_seed: first generator and noise seed of the held-out clips.
+        phi_seeds: φ initialisation seeds of the headline case (seed 0 is the case itself; the others
+            are distilled alike): their spread is the training noise in every interval.
+        attention_trajectories: held-out teacher trajectories of the per-block attention error section
+            (the distillation prompts exclude the scenes of the first ``max(48, this)`` of them).
+        ceiling_noise: relative noise on every teacher weight of the noise-ceiling row.
+        student_dir: the shipped student's files (default: the teacher's folder); rows are skipped,
+            with a line in the report, when they are absent.
         output: where fidelity.md, fidelity.json and fidelity_scatter.png are written.
         run_dir: the resumable work folder (default ``<output>/.fidelity_run``).
         teacher_dir: the teacher's files (default: the package's).
@@ -72,6 +96,10 @@ class FidelityConfig:
     finetune_samples: int = 16
     finetune_lr: float = 5e-5
     eval_seed: int = 50_000
+    phi_seeds: int = 3
+    attention_trajectories: int = 32
+    ceiling_noise: float = 1e-3
+    student_dir: str | None = None
     output: str = "docs"
     run_dir: str | None = None
     teacher_dir: str | None = None
@@ -90,6 +118,9 @@ class FidelityConfig:
         require_int("finetune_samples", self.finetune_samples, low=1, high=10_000)
         require_real("finetune_lr", self.finetune_lr, low=1e-12, high=1.0)
         require_int("eval_seed", self.eval_seed, low=1000)
+        require_int("phi_seeds", self.phi_seeds, low=1, high=100)
+        require_int("attention_trajectories", self.attention_trajectories, low=1, high=10_000)
+        require_real("ceiling_noise", self.ceiling_noise, low=1e-9, high=0.1)
         if self.cases is not None:
             object.__setattr__(self, "cases", tuple(self.cases))
 
@@ -103,7 +134,13 @@ class FidelityConfig:
         data = asdict(self)
         for key in ("cases", "output", "run_dir", "grid", "teacher_dir"):  # the teacher: by fingerprint
             data.pop(key)
+        for key in SECTION_KNOBS:  # their results are stored with their own definitions
+            data.pop(key)
         return data
+
+    def section_settings(self) -> dict[str, Any]:
+        """The knobs of the calibration, φ-seed, attention-error and shipped-student sections."""
+        return {key: getattr(self, key) for key in SECTION_KNOBS}
 
 
 def selected_cases(config: FidelityConfig, num_blocks: int) -> list[FidelityCase]:
@@ -135,7 +172,9 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
         sampling = replace(sampling, steps=config.sampling_steps)
     train_frames = teacher.config.clip.frames
     long_frames = config.long_factor * train_frames
-    distill_prompts = generator_prompts(config.distill_prompts)
+    # No distillation prompt shows a scene of the attention-error section's held-out trajectories.
+    held_out = [prompt for prompt, _ in held_out_pairs(max(HELD_OUT_SCENES, config.attention_trajectories))]
+    distill_prompts = generator_prompts(config.distill_prompts, exclude=held_out)
     eval_prompts = generator_prompts(config.clips, first_seed=config.eval_seed, exclude=distill_prompts)
     eval_set = [(p, config.eval_seed + i) for i, p in enumerate(eval_prompts)]
     # The prompts are part of what every stored result depends on (the generator could change).
@@ -151,6 +190,11 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
         results[case.name] = _run_case(
             case, teacher, teacher_clips, work, eval_set, config, sampling, distill_prompts, log
         )
+    headline = next(c for c in cases if c.name == HEADLINE)
+    tc = headline.attention.chunk_frames
+    sections = _sections(
+        teacher, teacher_clips, work, eval_set, headline, config, sampling, distill_prompts, long_frames, log
+    )
 
     teacher_shape = AttentionShape(
         "teacher, long clips",
@@ -173,6 +217,13 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
             "training": getattr(teacher, "training_info", {}),
             "config": teacher.config.to_dict(),
             "content": _teacher_content(teacher_clips, eval_set),
+            "content_pooled": {
+                kind: clip_metrics.pooled_content(
+                    teacher_clips[kind], [p for p, _ in eval_set], teacher.config.clip, tc
+                )
+                for kind in ("short", "long")
+            },
+            "content_chunk_frames": tc,
             "attention_temporal_structure": {k: v for k, v in structure.items() if k != "blocks"},
         },
         "eval_set": [{"prompt": p, "seed": s} for p, s in eval_set],
@@ -184,7 +235,14 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
             "wan2.1_1.3b_81_frames": asdict(WAN_1_3B_81_FRAMES),
         },
         "cases": results,
+        "headline": HEADLINE,
+        "section_settings": config.section_settings(),
+        **sections,
         "threads": torch.get_num_threads(),
+    }
+    summary["range_shares"] = range_shares(summary)
+    summary["phi_seeds"]["spread"] = {
+        kind: {m: seed_spread(summary, m, kind) for m in ("psnr_db", "cosine")} for kind in ("short", "long")
     }
     paths = write_report(summary, Path(config.output))
     log("wrote " + ", ".join(str(p) for p in paths))
@@ -192,6 +250,40 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
 
 
 # --- steps ---------------------------------------------------------------------------------------
+
+
+def _sections(
+    teacher, teacher_clips, work, eval_set, headline, config, sampling, distill_prompts, long_frames, log
+) -> dict[str, Any]:
+    """The calibration rows, the headline case's other φ seeds, the per-block attention error and the
+    shipped student's rows."""
+    tc = headline.attention.chunk_frames
+    calibration = calibration_rows(
+        teacher, teacher_clips, work, eval_set, long_frames=long_frames, chunk_frames=tc,
+        ceiling_noise=config.ceiling_noise, sampling=sampling, log=log,
+    )
+    runs = seed_runs(
+        teacher, teacher_clips, work, eval_set, headline, seeds=config.phi_seeds,
+        steps=config.distill_steps, trajectory_steps=config.distill_trajectory_steps,
+        long_frames=long_frames, prompts=distill_prompts, sampling=sampling, log=log,
+    )
+    folder = Path(config.student_dir or config.teacher_dir or ASSETS)
+    seed_files = {s: phi_path(work, headline, s) for s in range(config.phi_seeds)}
+    attention = attention_section(
+        teacher, work, headline, {s: p for s, p in seed_files.items() if p.is_file()},
+        shipped_phi=folder / PHI_FILE, trajectories=config.attention_trajectories,
+        trajectory_steps=config.distill_trajectory_steps, sampling=sampling, log=log,
+    )
+    student = shipped_rows(
+        teacher, teacher_clips, work, eval_set, folder=folder, long_frames=long_frames, sampling=sampling,
+        log=log,
+    )
+    return {
+        "calibration": calibration,
+        "phi_seeds": {"case": headline.name, "seeds": list(range(config.phi_seeds)), "runs": runs},
+        "attention_error": attention,
+        "student": student,
+    }
 
 
 def _check_settings(work: Path, config: FidelityConfig, teacher: Teacher, derived: dict[str, Any]) -> None:
@@ -215,10 +307,7 @@ def _teacher_fingerprint(teacher: Teacher) -> float:
 
 
 def _generate(teacher: Teacher, velocity, eval_set, frames: int, sampling: SamplingConfig) -> list[Tensor]:
-    return [
-        teacher.generate(prompt, frames, seed, velocity=velocity, sampling=sampling)
-        for prompt, seed in eval_set
-    ]
+    return generate_clips(teacher, velocity, eval_set, frames, sampling)
 
 
 def _teacher_clips(teacher, work, eval_set, train_frames, long_frames, config, sampling, log) -> dict:
@@ -293,13 +382,7 @@ def _run_case(case, teacher, teacher_clips, work, eval_set, config, sampling, di
         teacher, student.dit, eval_set[: config.long_clips], config.long_factor * train_frames, sampling
     )
     tc = case.attention.chunk_frames
-    record["short"] = [
-        clip_metrics.against_teacher(t, c, tc) for t, c in zip(teacher_clips["short"], short, strict=True)
-    ]
-    record["long"] = [
-        {**clip_metrics.against_teacher(t, c, tc), **clip_metrics.content(c, prompt)}
-        for t, c, (prompt, _) in zip(teacher_clips["long"], long, eval_set, strict=False)
-    ]
+    record.update(score_clips(teacher_clips, short, long, eval_set, tc, teacher.config.clip))
     record["seconds"] = {
         "distill": distilled_at - started,
         "finetune": trained_at - distilled_at,
@@ -319,16 +402,6 @@ def _run_case(case, teacher, teacher_clips, work, eval_set, config, sampling, di
 def _definition(case: dict[str, Any]) -> dict[str, Any]:
     """What a case's stored result depends on (everything but its display label)."""
     return {k: v for k, v in case.items() if k != "label"}
-
-
-def summarise(record: dict[str, Any]) -> dict[str, Any]:
-    """Mean ± standard error of every per-clip metric of a case, for short and long clips."""
-    out = {}
-    for kind in ("short", "long"):
-        rows = record.get(kind) or []
-        keys = sorted({k for row in rows for k in row})
-        out[kind] = {k: clip_metrics.mean_and_sem([row.get(k) for row in rows]) for k in keys}
-    return out
 
 
 def _teacher_content(teacher_clips: dict, eval_set) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def patch_comfy_wan(
         raise ValueError("this model is already ReHyAt-patched: patch the original model instead")
     blocks = config.resolve_blocks(len(wan.blocks))
     if forward_mode == "recurrent":
-        check_recurrent_capable(blocks, len(wan.blocks), config.attention.causal, config.attention.variant)
+        check_recurrent_capable(blocks, len(wan.blocks), config.attention)
     hybrid = dict(hybrid) if hybrid is not None else build_hybrid_modules(wan, config, blocks)
     check_hybrid_modules(hybrid, blocks, config.attention)
 
@@ -269,9 +269,7 @@ def check_chunked_sampling(model_patcher: Any) -> ComfyReHyAtPatch:
             "'ReHyAt Patch Model' (every block converted, causal) instead of the plain model"
         )
     wan = model_patcher.get_model_object("diffusion_model")
-    check_recurrent_capable(
-        patch.blocks, len(wan.blocks), patch.config.attention.causal, patch.config.attention.variant
-    )
+    check_recurrent_capable(patch.blocks, len(wan.blocks), patch.config.attention)
     check_recurrent_inputs(wan, {})
     return patch
 

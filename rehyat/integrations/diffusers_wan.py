@@ -262,7 +262,7 @@ def patch_diffusers_wan(
     num_blocks = len(model.blocks)
     blocks = config.resolve_blocks(num_blocks)
     if forward_mode == "recurrent":
-        check_recurrent_capable(blocks, num_blocks, config.attention.causal, config.attention.variant)
+        check_recurrent_capable(blocks, num_blocks, config.attention)
         if "forward" in model.__dict__:
             raise ValueError(
                 "model.forward is already overridden (e.g. by an accelerate/diffusers offloading or caching "
@@ -342,15 +342,14 @@ def _check_feature_maps(
                 f"feature_maps[{index}] is for {phi.num_heads} heads × {phi.head_dim}; the model has "
                 f"{heads} × {head_dim}"
             )
-        got = module.config
-        if (got.chunk_frames, got.overlap_frames, got.causal, got.variant, got.rate) != (
-            want.chunk_frames, want.overlap_frames, want.causal, want.variant, want.rate
-        ):
+        got, wanted = module.config.to_dict(), want.to_dict()  # ReHyAt or a baseline: same keys
+        differ = [k for k in wanted if k != "feature_map" and got.get(k) != wanted[k]]  # φ shape: above
+        if differ:
             raise ValueError(
-                f"feature_maps[{index}] uses chunk_frames={got.chunk_frames}, overlap_frames="
-                f"{got.overlap_frames}, causal={got.causal}, variant={got.variant!r}, rate={got.rate} but "
-                f"config.attention has {want.chunk_frames}, {want.overlap_frames}, {want.causal}, "
-                f"{want.variant!r}, {want.rate}"
+                f"feature_maps[{index}] uses "
+                + ", ".join(f"{k}={got.get(k)!r}" for k in differ)
+                + " but config.attention has "
+                + ", ".join(f"{k}={wanted[k]!r}" for k in differ)
             )
 
 

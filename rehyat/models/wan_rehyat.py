@@ -221,8 +221,7 @@ def forward_recurrent(
         raise ValueError(
             "forward_recurrent needs a WanDiT converted to ReHyAt (rehyat.models.wan_rehyat.convert)"
         )
-    check_recurrent_capable(tuple(converted_blocks(model)), len(model.blocks), config.attention.causal,
-                            config.attention.variant)
+    check_recurrent_capable(tuple(converted_blocks(model)), len(model.blocks), config.attention)
     if x.ndim != 5 or x.shape[1] != model.config.in_dim:
         raise ValueError(f"x must be (B, {model.config.in_dim}, T, H, W); got {tuple(x.shape)}")
     t, h, w = x.shape[2:]

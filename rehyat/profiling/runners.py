@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..baselines import BaselineAttentionConfig
 from ..config import ConversionConfig, HybridAttentionConfig, check_recurrent_capable
 from .cases import Case, ContextWindowCase, ReHyAtCase, UniformHybridCase
 from .presets import LatentGrid, WanShape
@@ -46,14 +47,14 @@ def conversion_for(case: ConvertedCase, layers: int, full_layers: int) -> Conver
     converted = layers if case.converted_blocks is None else min(
         layers, round(case.converted_blocks * layers / full_layers))
     if isinstance(case, UniformHybridCase):
-        attention = HybridAttentionConfig(causal=False, feature_map=case.feature_map,
-                                          variant="uniform_hybrid", rate=case.rate)
+        attention = BaselineAttentionConfig(causal=False, feature_map=case.feature_map,
+                                            variant="uniform_hybrid", rate=case.rate)
         return ConversionConfig(num_blocks=converted, placement="last", attention=attention)
-    if case.form == "recurrent":  # placement "last": the first layers − converted blocks stay softmax
-        check_recurrent_capable(range(layers - converted, layers), layers, case.causal,
-                                what=f"form='recurrent' ({case.label})", instead="form='parallel'")
     attention = HybridAttentionConfig(chunk_frames=case.chunk_frames, overlap_frames=case.overlap_frames,
                                       causal=case.causal, feature_map=case.feature_map)
+    if case.form == "recurrent":  # placement "last": the first layers − converted blocks stay softmax
+        check_recurrent_capable(range(layers - converted, layers), layers, attention,
+                                what=f"form='recurrent' ({case.label})", instead="form='parallel'")
     return ConversionConfig(num_blocks=converted, placement="last", attention=attention)
 
 

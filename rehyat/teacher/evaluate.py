@@ -309,32 +309,3 @@ def held_out_pairs(count: int, first_seed: int = HELD_OUT_SEED) -> list[tuple[st
         (generate_clip(seed, frames=ClipSpec().frames).prompt, seed)
         for seed in range(first_seed, first_seed + count)
     ]
-
-
-def evaluate_model(
-    model: str,
-    *,
-    clips: int = 48,
-    frames: int = 16,
-    folder=None,
-    chunk_frames: int | None = 3,
-    targets: Targets = TEACHER_TARGETS,
-    on_clip=None,
-) -> dict[str, Any]:
-    """Generate ``clips`` held-out clips of ``frames`` frames with ``model`` and pool their scores.
-
-    Clips come from :func:`rehyat.teacher.generate.generate_video` (the CLI's and the demo's
-    generator), one per :func:`held_out_pairs` pair. ``on_clip(index, score)`` reports progress.
-    """
-    from .generate import check_frames, load_model
-
-    check_frames(frames)
-    teacher, velocity = load_model(model, folder)
-    scores = []
-    for index, (prompt, seed) in enumerate(held_out_pairs(clips)):
-        pixels = teacher.generate(prompt, frames, seed, velocity=velocity)
-        scores.append(score_clip(pixels, prompt, teacher.config.clip, chunk_frames))
-        if on_clip is not None:
-            on_clip(index, scores[-1])
-    summary = summarise(scores, teacher.config.clip, targets)
-    return {"model": model, "frames": frames, **summary, "per_clip": [s.to_dict() for s in scores]}

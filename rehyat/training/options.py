@@ -150,13 +150,12 @@ def check_distillable(attention: HybridAttentionConfig, options: DistillOptions)
     where the chunks do not separate a causal linear part."""
     if options.query_chunk_fraction < 1 and not attention.causal:
         raise ValueError("query_chunk_fraction < 1 needs causal blocks; use 1 for non-causal ones")
-    variant = attention.variant
-    if variant == "windowed_softmax":
+    if not attention.uses_phi:
         raise ValueError(
-            "variant='windowed_softmax' has no φ to distil (softmax windows only): convert without "
-            "distillation, or choose another variant"
+            f"the {attention.baseline!r} baseline has no φ to distil: convert without distillation, or "
+            "choose another attention"
         )
-    if options.query_chunk_fraction < 1 and variant != "rehyat":
+    if options.query_chunk_fraction < 1 and attention.baseline is not None:
         raise ValueError(
-            f"query_chunk_fraction < 1 needs variant='rehyat'; use 1 for the {variant!r} baseline"
+            f"query_chunk_fraction < 1 needs ReHyAt attention; use 1 for the {attention.baseline!r} baseline"
         )

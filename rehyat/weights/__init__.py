@@ -8,7 +8,8 @@ One job per module:
 * :mod:`.fingerprint` — the base model's self-attention fingerprint and its tolerance;
 * :mod:`.compatibility` — :func:`check_compatible`: does a file fit a model;
 * ``atomic_save_file`` — from :mod:`rehyat.atomic` (every atomic write of the package);
-* :mod:`.folders` — resolving node-input file names inside a models folder.
+* ``check_name_length``, ``check_relative_name``, ``resolve_in_folder`` — from
+  :mod:`rehyat.file_names` (file names from user input, resolved inside a models folder).
 
 Every public name is importable from ``rehyat.weights``.
 """
@@ -16,6 +17,7 @@ Every public name is importable from ``rehyat.weights``.
 from __future__ import annotations
 
 from ..atomic import atomic_save_file
+from ..file_names import MAX_NAME_BYTES, check_name_length, check_relative_name, resolve_in_folder
 from .base_model import BaseModelInfo
 from .compatibility import check_compatible
 from .fingerprint import (
@@ -36,7 +38,6 @@ from .fingerprint import (
     self_attention_fingerprint,
     tensor_statistics,
 )
-from .folders import MAX_NAME_BYTES, check_name_length, check_relative_name, resolve_in_folder
 from .phi_file import FORMAT, FORMAT_VERSION, PhiWeights, load_phi_weights, save_phi_weights
 from .phi_tensors import (
     PHI_MAPS,

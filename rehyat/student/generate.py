@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ..config import require_int
-from .model import ASSETS, SamplingConfig, Teacher, load_teacher
+from ..teacher.model import ASSETS, SamplingConfig, Teacher, load_teacher
+from .files import load_student
 
 MODELS: tuple[str, ...] = ("teacher", "rehyat", "rehyat-stage1")
 PHI_FILE = "teacher_phi.safetensors"  # the shipped stage-1 φ, next to the teacher's files
@@ -53,8 +54,6 @@ def rehyat_student(teacher: Teacher, folder: Path, stage: str = "student") -> Te
     ``stage``: "student" (stage-1 φ + stage-2 LoRA) or "stage1" (φ only); see
     :func:`rehyat.student.load_student`.
     """
-    from ..student import load_student
-
     return load_student(teacher, folder, stage)
 
 
