@@ -22,7 +22,7 @@ HELP = "run both ReHyAt stages (φ distillation, LoRA fine-tune) on the embedded
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train-student`` options."""
     parser.add_argument("--teacher-dir", default=None, help="teacher files (default: the shipped ones)")
-    parser.add_argument("--stage1-steps", type=int, default=None, help="φ distillation steps (default 200)")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="φ distillation steps (default 400)")
     parser.add_argument(
         "--stage2-steps", type=int, default=None, help="fine-tune steps, 0: none (default 300)"
     )

@@ -85,13 +85,16 @@ def run_stage1(
 def generator_dataset(teacher: Teacher, folder: Path, recipe: StudentRecipe) -> LatentDataset:
     """``recipe.stage2_clips`` generator clips (training length) with their text features (built once)."""
     dataset = LatentDataset(
-        folder, model={"name": "rehyat embedded teacher world", "in_dim": teacher.config.dit.in_dim}
+        folder,
+        model={"name": "rehyat embedded teacher world", "in_dim": teacher.config.dit.in_dim,
+               "frames": recipe.stage2_frames or teacher.config.clip.frames},
     )
     spec = teacher.config.clip
+    frames = recipe.stage2_frames or spec.frames
     with torch.no_grad():
         for index in range(len(dataset), recipe.stage2_clips):
             seed = STAGE2_FIRST_SEED + index
-            clip = generate_clip(seed, spec)
+            clip = generate_clip(seed, spec, frames=frames)
             every = recipe.empty_prompt_every
             empty = every > 0 and index % every == every - 1
             prompt = "" if empty else clip.prompt

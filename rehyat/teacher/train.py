@@ -63,11 +63,11 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints.
     """
 
-    steps: int = 4800
+    steps: int = 8000
     batch: int = 8
     learning_rate: float = 6e-4
     warmup_steps: int = 200
-    decay_steps: int = 2400
+    decay_steps: int = 3200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -75,7 +75,7 @@ class TrainConfig:
     seed: int = 0
     data_seed: int = 1_000_000
     shift: float = 3.0
-    foreground_weight: float = 0.0
+    foreground_weight: float = 4.0
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
