@@ -121,6 +121,68 @@ def test_weighted_flow_matching_loss_is_the_weighted_mean():
         flow_matching_loss(model_fn, x0, None, noise=noise, sigma=sigma, weight=-mask)
 
 
+def test_teacher_target_flow_matching_regresses_the_teacher_velocity():
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 3, 4, 2, 2, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = torch.tensor([0.2, 0.7])
+    scale_student = torch.randn(3, 1, 1, 1, generator=gen)
+    scale_teacher = torch.randn(3, 1, 1, 1, generator=gen, requires_grad=True)
+
+    def student(x, t, context):
+        return x * scale_student
+
+    def teacher(x, t, context):
+        return x * scale_teacher + t.view(-1, 1, 1, 1, 1) / 1000
+
+    loss = flow_matching_loss(
+        student, x0, None, noise=noise, sigma=sigma, reduction="none", target_fn=teacher
+    )
+    x_t = (1 - sigma.view(2, 1, 1, 1, 1)) * x0 + sigma.view(2, 1, 1, 1, 1) * noise
+    expected = (student(x_t, None, None) - teacher(x_t, sigma * 1000, None)).square().flatten(1).mean(1)
+    torch.testing.assert_close(loss, expected.detach())
+    assert not loss.requires_grad  # the teacher runs without gradients
+    same = flow_matching_loss(teacher, x0, None, noise=noise, sigma=sigma, target_fn=teacher)
+    assert float(same.detach()) == 0.0  # the teacher is its own minimiser
+
+    def wrong_shape(x, t, context):
+        return x[:, :1]
+
+    with pytest.raises(ValueError, match="target_fn returned shape"):
+        flow_matching_loss(student, x0, None, noise=noise, sigma=sigma, target_fn=wrong_shape)
+
+
+def test_stage2_recipe_choices_are_checked_and_recorded(trained):
+    with pytest.raises(ValueError, match="stage2_target"):
+        StudentRecipe(stage2_target="videos")
+    with pytest.raises(ValueError, match="stage2_foreground_weight"):
+        StudentRecipe(stage2_foreground_weight=-1.0)
+    assert StudentRecipe().stage2_target == "teacher"
+    stage2 = trained.report["stage2"]
+    assert stage2["target"] == "the softmax teacher's velocity"
+    assert stage2["foreground_weight"] == TINY_RECIPE.stage2_foreground_weight
+
+
+def test_stage2_weight_is_the_content_weight_of_the_clean_clip():
+    from rehyat.student.train import stage2_weight
+    from rehyat.teacher.model import latent_to_pixels, pixels_to_latent
+
+    pixels = -torch.ones(1, 3, 2, 8, 8)
+    pixels[:, 0, :, 2:4, 2:4] = 1.0  # a red square
+    latent = pixels_to_latent(pixels, 2)
+    weight = stage2_weight(StudentRecipe(stage2_foreground_weight=4.0), 2)(latent)
+    torch.testing.assert_close(weight, content_weight(latent_to_pixels(latent, 2), 4.0, 2))
+    assert float(weight.max()) == 5.0 and float(weight.min()) == 1.0
+    assert stage2_weight(StudentRecipe(stage2_foreground_weight=0.0), 2) is None
+
+
+def test_run_stage2_with_the_teacher_target_needs_the_teacher(trained, tmp_path):
+    from rehyat.student.train import run_stage2
+
+    with pytest.raises(ValueError, match="needs the softmax teacher"):
+        run_stage2(trained.stage1, TINY_RECIPE, tmp_path)
+
+
 def test_content_weight_marks_shapes_and_their_edge():
     pixels = -torch.ones(1, 3, 2, 8, 8)  # black
     pixels[0, 0, 1, 3, 3] = 1.0  # one red pixel in frame 1

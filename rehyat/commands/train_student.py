@@ -2,7 +2,8 @@
 
 Runs the paper's two stages on the teacher in ``--teacher-dir`` (default: the shipped one): stage 1
 distils φ of every block against the softmax teacher, stage 2 fine-tunes LoRA adapters with the
-flow-matching loss on the teacher world's clips (φ frozen). ``--export DIR`` writes the student's
+flow-matching loss on the teacher world's clips (φ frozen; the target is the softmax teacher's
+velocity on the noised clip, shapes weighted 5×). ``--export DIR`` writes the student's
 files — ``teacher_phi.safetensors`` (stage-1 φ, fp16) and ``student_lora.safetensors`` (ComfyUI LoRA
 format, fp16) — atomically; existing files are replaced only with ``--overwrite``. The shipped files
 are exactly ``python -m rehyat train-student --threads 1 --export rehyat/assets --overwrite``

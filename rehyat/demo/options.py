@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..atomic import check_new_file
 from ..config import HybridAttentionConfig
+from ..file_names import check_name_length
 from ..teacher.text import parse_prompt, vocabulary_text
 from ..training.options import min_latent_frames
-from ..weights.folders import check_name_length
 
 
 def check_output_folder(path: str | os.PathLike[str], parameter: str = "--output") -> Path:

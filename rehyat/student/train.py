@@ -5,6 +5,9 @@ Stage 1 distils φ of every block against the softmax teacher on its own samplin
 converted model with the flow-matching loss (:func:`rehyat.training.finetune.finetune`) on clips of
 the teacher's training distribution — the procedural generator's clips, the "videos" of this world —
 training LoRA adapters on every linear of the transformer blocks while φ stays at its stage-1 values.
+By default the regression target is the softmax teacher's velocity on the same noised clip instead
+of noise − x0 (same minimiser, much lower variance; ``StudentRecipe.stage2_target``), and the pixels a
+shape covers weigh 5× as in the teacher's own training (``stage2_foreground_weight``).
 Why LoRA with φ frozen: stage 2 must recover what causality costs (the first chunk sees no future),
 which lives in the block weights, not in φ; and the adapters are ~1/20 of the model, so the shipped
 student (stage-1 φ + adapters) stays within the assets' size budget.
@@ -25,8 +28,9 @@ import torch
 from ..models.wan_rehyat import convert
 from ..teacher.distillation import distil_on_teacher, generator_prompts
 from ..teacher.evaluate import held_out_pairs
-from ..teacher.model import Teacher, pixels_to_latent
+from ..teacher.model import Teacher, latent_to_pixels, pixels_to_latent
 from ..teacher.shapes import generate_clip
+from ..teacher.train import content_weight
 from ..training.dataset import LatentDataset
 from ..training.finetune import FinetuneConfig, finetune
 from ..training.flow_matching import FlowMatchingConfig
@@ -116,13 +120,30 @@ def lora_only(model: torch.nn.Module, rank: int) -> Trainable:
     return trainable
 
 
+def stage2_weight(recipe: StudentRecipe, fold: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Stage 2's loss weights of a batch of clean latents (None: uniform)."""
+    if recipe.stage2_foreground_weight <= 0:
+        return None
+
+    def weight(x0: torch.Tensor) -> torch.Tensor:  # (B, C, T, h, w) → same shape
+        return content_weight(latent_to_pixels(x0, fold), recipe.stage2_foreground_weight, fold)
+
+    return weight
+
+
 def run_stage2(
     stage1: Teacher,
     recipe: StudentRecipe,
     work_dir: Path,
     progress: Progress | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[Teacher, dict[str, Any]]:
-    """Fine-tune a copy of ``stage1`` (LoRA, φ frozen); returns (the student with adapters, a report)."""
+    """Fine-tune a copy of ``stage1`` (LoRA, φ frozen); returns (the student with adapters, a report).
+
+    ``teacher`` (the softmax teacher) is needed when ``recipe.stage2_target == "teacher"``.
+    """
+    if recipe.stage2_target == "teacher" and teacher is None:
+        raise ValueError("stage2_target='teacher' needs the softmax teacher (teacher=None was given)")
     student = copy.deepcopy(stage1)
     dataset = generator_dataset(student, work_dir / "stage2_clips", recipe)
     settings = FinetuneConfig(
@@ -141,11 +162,15 @@ def run_stage2(
     torch.manual_seed(recipe.stage2_seed)  # the adapters' initialisation
     trainable = lora_only(dit, recipe.lora_rank)
     on_step = None if progress is None else (lambda step, total, loss: progress("stage 2", step, total, loss))
+    target_fn = teacher.dit if recipe.stage2_target == "teacher" else None
     result = finetune(dit, lambda x, t, context: dit(x, t, context), dataset, settings, trainable=trainable,
-                      progress=on_step)
+                      progress=on_step, target_fn=target_fn,
+                      weight_fn=stage2_weight(recipe, student.config.fold))
     dit.eval().requires_grad_(False)
     report = {
         "trainable": "LoRA on every block linear (φ frozen at stage 1)",
+        "target": "the softmax teacher's velocity" if target_fn is not None else "noise - x0",
+        "foreground_weight": recipe.stage2_foreground_weight,
         "trained_parameters": trainable.count,
         "samples": len(dataset),
         "data": f"generator clips from seed {STAGE2_FIRST_SEED}; "
@@ -187,9 +212,9 @@ def train_student(
         started = time.perf_counter()
         if work_dir is None:
             with tempfile.TemporaryDirectory(prefix="rehyat-stage2-") as tmp:
-                student, stage2_report = run_stage2(stage1, recipe, Path(tmp), progress)
+                student, stage2_report = run_stage2(stage1, recipe, Path(tmp), progress, teacher)
         else:
-            student, stage2_report = run_stage2(stage1, recipe, Path(work_dir), progress)
+            student, stage2_report = run_stage2(stage1, recipe, Path(work_dir), progress, teacher)
         seconds["stage2"] = time.perf_counter() - started
     report = {
         "recipe": recipe.to_dict(),

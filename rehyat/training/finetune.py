@@ -226,6 +226,8 @@ def finetune(
     trainable: Trainable | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    target_fn: ModelFn | None = None,
+    weight_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``dataset`` with the flow-matching loss (see the module doc).
 
@@ -239,6 +241,9 @@ def finetune(
         trainable: an already selected set (default: :func:`select_trainable` with the config's).
         progress: ``progress(step, total, loss)`` after each step (main process only).
         should_stop: polled after each step; True → checkpoint and return ``cancelled=True``.
+        target_fn: a teacher velocity ``(x_t, t, context) -> v`` to regress on instead of
+            noise − x0 (see :func:`~rehyat.training.flow_matching.flow_matching_loss`).
+        weight_fn: per-element loss weights of a batch of clean latents ``x0 -> w`` (broadcastable).
 
     Returns:
         A :class:`FinetuneResult`; the model keeps the trained weights.
@@ -285,7 +290,9 @@ def finetune(
             step_loss = torch.zeros((), dtype=torch.float64)
             for first in range(0, per_rank, config.micro_batch):
                 micro = positions[first : first + config.micro_batch]
-                loss_sum = _micro_batch_loss(model_fn, dataset, config, micro, device)
+                loss_sum = _micro_batch_loss(
+                    model_fn, dataset, config, micro, device, target_fn=target_fn, weight_fn=weight_fn
+                )
                 (loss_sum / per_rank).backward()
                 step_loss += loss_sum.detach().double().cpu()
             average_gradients_(params, ctx)
@@ -365,6 +372,9 @@ def _micro_batch_loss(
     config: FinetuneConfig,
     positions: list[int],
     device: torch.device,
+    *,
+    target_fn: ModelFn | None = None,
+    weight_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Sum of the per-sample losses of ``positions`` (each with its own seeded noise and σ)."""
     n = len(dataset)
@@ -377,8 +387,12 @@ def _micro_batch_loss(
         noises.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
     noise = torch.stack(noises).to(device)
     sigma = torch.cat(sigmas)
+    weight = None if weight_fn is None else weight_fn(x0)
     with autocast_context(device, config.precision):
-        per_sample = flow_matching_loss(model_fn, x0, context, noise=noise, sigma=sigma, reduction="none")
+        per_sample = flow_matching_loss(
+            model_fn, x0, context, noise=noise, sigma=sigma, reduction="none",
+            weight=weight, target_fn=target_fn,
+        )
     return per_sample.float().sum()
 
 

@@ -119,6 +119,7 @@ def flow_matching_loss(
     sigma: torch.Tensor | None = None,
     reduction: Literal["mean", "none"] = "mean",
     weight: torch.Tensor | None = None,
+    target_fn: ModelFn | None = None,
 ) -> torch.Tensor:
     """Wan2.1's flow-matching loss: MSE between ``model_fn(x_t, σ·1000, context)`` and noise − x0.
 
@@ -134,6 +135,10 @@ def flow_matching_loss(
         reduction: "mean" → scalar; "none" → per-sample losses (B,) (mean over each sample's elements).
         weight: optional non-negative element weights broadcastable to x0 (e.g. more weight where
             the clip has content); each sample's loss is then its weighted mean.
+        target_fn: optional teacher velocity ``target_fn(x_t, t, context)`` used as the target instead
+            of noise − x0 (run without gradients). The teacher's velocity is E[noise − x0 | x_t], so the
+            loss has the same minimiser for a student that sees all of x_t, with far less variance; a
+            causal student converges to E[noise − x0 | what it sees] either way.
 
     Returns:
         The loss in float32 (the model may run in bf16 under autocast).
@@ -160,7 +165,15 @@ def flow_matching_loss(
     v_pred = model_fn(x_t, sigma_to_timestep(sigma), context)
     if v_pred.shape != x0.shape:
         raise ValueError(f"model_fn returned shape {tuple(v_pred.shape)}; expected x0's {tuple(x0.shape)}")
-    target = velocity_target(x0.float(), noise.float())
+    if target_fn is None:
+        target = velocity_target(x0.float(), noise.float())
+    else:
+        with torch.no_grad():
+            target = target_fn(x_t, sigma_to_timestep(sigma), context).float()
+        if target.shape != x0.shape:
+            raise ValueError(
+                f"target_fn returned shape {tuple(target.shape)}; expected x0's {tuple(x0.shape)}"
+            )
     per_element = F.mse_loss(v_pred.float(), target, reduction="none")
     if weight is None:
         per_sample = per_element.flatten(1).mean(dim=1)  # (B,)
