@@ -10,6 +10,11 @@ scripts/provision_comfyui.py`` first), the same seed, sampler, scheduler, steps 
 - ``windows``: ComfyUI core's ``WanContextWindowsManual`` node (present in ComfyUI 0.3.75;
   ``context_length`` 81 video frames, ``context_overlap`` 16, static standard schedule, pyramid
   fusion) on the softmax model, then the stock KSampler.
+- ``extend`` (opt-in, ``--cases extend``): the Chunked Sampler with ``save_state`` on the first
+  whole chunks (about half the clip), then ReHyAt Extend Clip for the rest (timed: reading the
+  state file included), against one streaming run of the whole clip in the same process; reports
+  seconds per latent frame of both, their ratio and whether the clips are bit-identical (when the
+  clip is whole chunks).
 
 Working memory is the process's peak RSS during sampling minus its RSS after the model, inputs and a
 1-step warm-up on a 1-latent-frame clip were in place (``benchmarks/dit.py``'s method and helpers).
@@ -44,6 +49,7 @@ from rehyat.video_latent import latent_frame_count, video_latent_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("streaming", "sweep", "softmax", "windows")
+EXTRA_CASES = ("extend",)  # opt-in
 PATCH = 2  # Wan2.1 patches 2×2 latent pixels into one token
 
 
@@ -178,6 +184,56 @@ def run_case(case: str, video_frames: int, setup: Setup) -> dict:
     }
 
 
+def run_extend_case(video_frames: int, setup: Setup) -> dict:
+    """Extend a saved clip vs one streaming run of the whole clip, timed in this process."""
+    import tempfile
+
+    runner = _Case("streaming", setup)
+    torch, s = runner.torch, setup
+    import folder_paths
+    from nodes_support import pack_module
+
+    extend = pack_module("nodes.sampling_extend").run_extend_clip
+    tc = 3
+    frames = latent_frame_count(video_frames)
+    first = tc * max(1, (frames // 2) // tc)
+    if frames <= first:
+        raise SystemExit(f"--frames {video_frames}: the extend case needs more than {first} latent frames")
+
+    def chunked(count: int, save_state: bool) -> dict:
+        latent = {"samples": torch.zeros(1, 16, count, *s.latent_hw)}
+        out, _ = runner.chunked(runner.model, s.seed, s.steps, s.cfg, s.sampler, s.scheduler,
+                                runner.positive, runner.negative, latent, 1.0, order="streaming",
+                                state_device="auto", vae=None, save_frames=False, disable_pbar=True,
+                                save_state=save_state)
+        return out
+
+    whole_chunks = frames % tc == 0
+    with tempfile.TemporaryDirectory(prefix="rehyat-extend-") as tmp, torch.inference_mode():
+        folder_paths.output_directory = tmp
+        runner.sample(1, 1)  # warm-up
+        start = time.perf_counter()
+        one_run = chunked(frames, save_state=whole_chunks)  # per-frame noise when it can be compared
+        one_run_seconds = time.perf_counter() - start
+        saved = chunked(first, save_state=True)
+        resume_mib = os.path.getsize(saved["rehyat_resume"]) / 2**20
+        start = time.perf_counter()
+        extended, _ = extend(runner.model, runner.positive, runner.negative, saved, frames - first,
+                             disable_pbar=True, save_frames=False)
+        extend_seconds = time.perf_counter() - start
+        equal = bool(torch.equal(extended["samples"], one_run["samples"])) if whole_chunks else None
+    per_frame_one = one_run_seconds / frames
+    per_frame_extend = extend_seconds / (frames - first)
+    return {
+        "case": "extend", "video_frames": video_frames, "latent_frames": frames, "first_frames": first,
+        "extra_frames": frames - first, "steps": s.steps, "one_run_seconds": one_run_seconds,
+        "extend_seconds": extend_seconds, "one_run_seconds_per_frame": per_frame_one,
+        "extend_seconds_per_frame": per_frame_extend, "per_frame_ratio": per_frame_extend / per_frame_one,
+        "equal_to_one_run": equal, "resume_file_mib": resume_mib,
+        "finite": bool(torch.isfinite(extended["samples"]).all()),
+    }
+
+
 def _flop_counter() -> Any:
     """A ``FlopCounterMode`` that also counts the CPU flash-attention kernel."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -213,6 +269,10 @@ def summarise(cases: list[dict], frames: list[int]) -> dict:
                 row["efficiency_vs_flop_ratio"] = speedup / ratio
         rows.append(row)
     summary: dict[str, Any] = {"per_length": rows}
+    extensions = [c for c in cases if c["case"] == "extend"]
+    if extensions:
+        summary["extend_per_frame_ratio"] = {str(c["video_frames"]): c["per_frame_ratio"] for c in extensions}
+        summary["extend_bit_identical"] = all(c["equal_to_one_run"] is not False for c in extensions)
     for case in ("streaming", "sweep"):
         mem = [by[(case, f)]["working_mib"] for f in frames if (case, f) in by]
         if len(mem) > 1:
@@ -238,7 +298,8 @@ def summarise(cases: list[dict], frames: list[int]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", help="video frames (1 + 4k); default 81 161 321 481")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES + EXTRA_CASES,
+                        help="default: the four comparison cases; 'extend' is opt-in")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--cfg", type=float)
     parser.add_argument("--sampler")
@@ -254,7 +315,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         setup = Setup(**json.loads(args.child[2]))
-        print(json.dumps(run_case(args.child[0], int(args.child[1]), setup)))
+        run = run_extend_case if args.child[0] == "extend" else None
+        result = run(int(args.child[1]), setup) if run else run_case(args.child[0], int(args.child[1]), setup)
+        print(json.dumps(result))
         return 0
 
     setup = TINY if args.tiny else Setup()

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..rehyat.streaming import ORDERS, STATE_DEVICES
+from .extend import SAVE_STATE_TIP
 from .sampling_comfy import ChunkedRun, chunked_sampler, run_chunked_ksampler
+from .sampling_experts import AUTO_SWITCH, run_two_expert_ksampler
+from .sampling_video import DEFAULT_FPS, VIDEO_INPUTS, growing_video
 
 CATEGORY = "ReHyAt/sampling"
+LOG = logging.getLogger("rehyat")
 _ORDER_TIP = (
     "streaming: chunk after chunk, each runs every step (finished chunks are previewed, decoded and saved "
     "while the next one samples; needs a fixed-step sampler). sweep: step after step over the whole clip, "
@@ -21,7 +27,16 @@ _STATE_TIP = (
     "takes at most a quarter of its free memory"
 )
 _SAMPLER_TIP = "ComfyUI sampler run chunk by chunk (adaptive dpm_adaptive / dpm_fast only with order=sweep)"
-_MODEL_TIP = "a Wan2.1 model from ReHyAt Patch: every block converted and causal"
+_MODEL_TIP = ("a Wan model from ReHyAt Patch Model: every block converted and causal (with low_noise_model: "
+              "the Wan2.2 high-noise expert)")
+_LOW_TIP = (
+    "optional, Wan2.2 A14B: the low-noise expert, patched like model (all blocks, causal, same chunk_frames, "
+    "its own φ). Steps [0, switch_step) use model, the rest this one — inside every chunk, each expert with "
+    "its own recurrent states; equal to the stock chain of two KSamplerAdvanced nodes split at switch_step. "
+    "Streaming loads one expert at a time (twice per chunk when both do not fit: then order=sweep is faster)"
+)
+_SWITCH_TIP = ("with low_noise_model: the first step of the low-noise expert, 1–steps; -1 = half of steps "
+               "(the stock Wan2.2 templates' split). Ignored without low_noise_model")
 _SAMPLERS = comfy.samplers.KSampler.SAMPLERS
 _SCHEDULERS = comfy.samplers.KSampler.SCHEDULERS
 
@@ -63,6 +78,11 @@ class ReHyAtChunkedSampler(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="Wan2.1 VAE: decode each finished chunk at once and save numbered PNGs "
                                      "(output/ReHyAt/chunk_*); without it IMAGE is empty"),
+                io.Model.Input("low_noise_model", optional=True, tooltip=_LOW_TIP),
+                io.Int.Input("switch_step", default=AUTO_SWITCH, min=AUTO_SWITCH, max=10000, optional=True,
+                             tooltip=_SWITCH_TIP),
+                io.Boolean.Input("save_state", default=False, optional=True, tooltip=SAVE_STATE_TIP),
+                *VIDEO_INPUTS,
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT",
@@ -76,12 +96,33 @@ class ReHyAtChunkedSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                denoise, order, state_device, vae=None) -> io.NodeOutput:
-        """Sample ``latent_image`` chunk by chunk; decode and save chunks as they land when a VAE is given."""
-        latent, images = run_chunked_ksampler(
-            model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-            order=order, state_device=state_device, vae=vae, node_id=_unique_id(cls),
-        )
+                denoise, order, state_device, vae=None, low_noise_model=None,
+                switch_step=AUTO_SWITCH, save_state=False, video_prefix="", fps=DEFAULT_FPS) -> io.NodeOutput:
+        """Sample ``latent_image`` chunk by chunk; decode and save chunks as they land when a VAE is given.
+
+        With ``low_noise_model`` (Wan2.2 A14B), ``model`` runs steps ``[0, switch_step)`` and the
+        low-noise expert the rest, in every chunk (:mod:`.sampling_experts`). ``save_state`` makes the
+        clip extendable (:mod:`.sampling_state`); ``video_prefix`` grows an MP4 chunk by chunk.
+        """
+        with growing_video(video_prefix, fps, vae) as attach:
+            if low_noise_model is not None:
+                if save_state:
+                    raise ValueError("save_state is not supported with a low_noise_model yet: extend a "
+                                     "single-model clip, or turn save_state off")
+                latent, images = run_two_expert_ksampler(
+                    model, low_noise_model, switch_step, seed, steps, cfg, sampler_name, scheduler, positive,
+                    negative, latent_image, denoise, order=order, state_device=state_device, vae=vae,
+                    node_id=_unique_id(cls), on_writer=attach,
+                )
+                return io.NodeOutput(latent, images)
+            if switch_step != AUTO_SWITCH:
+                LOG.warning("ReHyAt Chunked Sampler: switch_step=%s is ignored without a low_noise_model",
+                            switch_step)
+            latent, images = run_chunked_ksampler(
+                model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                order=order, state_device=state_device, vae=vae, node_id=_unique_id(cls),
+                save_state=save_state, on_writer=attach,
+            )
         return io.NodeOutput(latent, images)
 
 

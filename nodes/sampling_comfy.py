@@ -42,13 +42,16 @@ from ..rehyat.streaming import (
     ChunkProgress,
     ProgressiveWanDecoder,
     StateStore,
+    check_extendable,
     check_streamable,
+    initial_frame_noise,
     sample_streaming,
     sample_sweep,
     state_store_bytes,
 )
 from ..rehyat.streaming.accounting import conditionings_per_evaluation, evaluations_per_step
 from ..rehyat.streaming.store import StorePlan, plan_state_store
+from .sampling_state import RESUME_KEY, check_room, resume_settings, write_resume
 
 LOG = logging.getLogger("rehyat")
 PROGRESS_EVENT = "rehyat.chunk_progress"
@@ -71,6 +74,9 @@ class ChunkedRun:
     state_store_bytes: int = 0
     store_device: str = ""
     store_plan: StorePlan | None = None  # decided once before loading (reservation and store agree)
+    keep_final_states: bool = False  # streaming: keep the last chunk's states (save_state)
+    final_store: StateStore | None = None  # set after the run when keep_final_states
+    evaluation_sigmas: list[float] = field(default_factory=list)  # sigma of each evaluation of a chunk
     last_reported: int = field(default=-1, repr=False)
 
     def __post_init__(self) -> None:
@@ -149,16 +155,22 @@ def chunked_sampler(run: ChunkedRun) -> comfy.samplers.KSAMPLER:
         run.store_device = str(store.device)
         LOG.info("ReHyAt streaming: state store ≈ %.1f MiB on %s (%s)", estimate / 2**20, store.device,
                  run.sampler_name)
+        streams = []
         try:
             return sample_streaming(
                 inner.sampler_function, model, x, sigmas, extra_args=extra_args, chunk_frames=tc, store=store,
                 sampler_options=inner.extra_options, callback=callback, disable=disable, progress=run.report,
                 check_interrupt=interrupt,
                 chunk_scope=lambda f0, f1: chunk_conditioning(guider, f0, f1, x.shape[2]),
+                on_stream=streams.append, keep_final_states=run.keep_final_states,
             )
         finally:
             run.state_store_bytes = store.peak_bytes
-            store.clear()
+            run.evaluation_sigmas = streams[0].evaluation_sigmas if streams else []
+            if run.keep_final_states:
+                run.final_store = store
+            else:
+                store.clear()
 
     return comfy.samplers.KSAMPLER(rehyat_chunked_sampler, inpaint_options=inner.inpaint_options)
 
@@ -192,10 +204,28 @@ class ChunkImageWriter:
         self.decoder = ProgressiveWanDecoder(vae.first_stage_model)
         self.prefix, self.save = filename_prefix, save
         self.pieces: list[torch.Tensor] = []  # (B, t, H, W, 3) per chunk
+        self.listeners: list[Any] = []  # called with each decoded chunk (B, t, H, W, 3), e.g. a growing video
         self.frames_written = 0
         self._folder: tuple[str, str, int] | None = None
 
     def __call__(self, latent: torch.Tensor, frame_start: int = 0, frame_end: int = 0) -> None:
+        pixels = self._decode(latent)  # (B, t, H, W, 3)
+        self.pieces.append(pixels.cpu())
+        if self.save:
+            self._write(pixels)
+        for listener in self.listeners:
+            listener(pixels)
+
+    def warm_up(self, latent: torch.Tensor, chunk_frames: int) -> None:
+        """Decode the clip's earlier ``latent`` chunk by chunk, keeping nothing but the VAE's causal cache.
+
+        The frames decoded next then equal those of a whole-clip decode (used when extending a clip);
+        costs one decode of ``latent``, holding one chunk's pixels at a time.
+        """
+        for f0 in range(0, latent.shape[2], chunk_frames):
+            self._decode(latent[:, :, f0:f0 + chunk_frames])
+
+    def _decode(self, latent: torch.Tensor) -> torch.Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
         vae = self.vae
         memory = vae.memory_used_decode(latent.shape, vae.vae_dtype)
@@ -203,10 +233,7 @@ class ChunkImageWriter:
                                                force_full_load=getattr(vae, "disable_offload", False))
         z = latent.to(vae.vae_dtype).to(vae.device)
         pixels = vae.process_output(self.decoder.decode(z).to(vae.output_device).float())  # (B, 3, t, H, W)
-        pixels = pixels.movedim(1, -1)  # (B, t, H, W, 3)
-        self.pieces.append(pixels.cpu())
-        if self.save:
-            self._write(pixels)
+        return pixels.movedim(1, -1)  # (B, t, H, W, 3)
 
     def _write(self, pixels: torch.Tensor) -> None:
         if self._folder is None:
@@ -236,22 +263,28 @@ def run_chunked_ksampler(
     negative: Any, latent: dict, denoise: float = 1.0, *, order: str = "streaming",
     state_device: str = "auto", vae: Any = None, node_id: str | None = None,
     filename_prefix: str = "ReHyAt/chunk", save_frames: bool = True, disable_pbar: bool | None = None,
+    save_state: bool = False, on_writer: Any = None,
 ) -> tuple[dict, torch.Tensor]:
-    """The ReHyAt Chunked Sampler: KSampler inputs → (LATENT dict with ``rehyat_stats``, IMAGE)."""
+    """The ReHyAt Chunked Sampler: KSampler inputs → (LATENT dict with ``rehyat_stats``, IMAGE).
+
+    ``save_state``: draw the starting noise per latent frame (:func:`rehyat.streaming.initial_frame_noise`)
+    and, after the last chunk, write every evaluation's recurrent states to a resume file whose path
+    the LATENT carries under ``"rehyat_resume"`` (streaming order, whole chunks) — the Extend Clip
+    node continues it exactly. ``on_writer(writer)`` may attach more outputs to the chunk decoder.
+    """
     patch = check_chunked_sampling(model)
-    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
-        raise ValueError(f"scheduler must be one of ComfyUI's schedulers; got {scheduler!r}")
-    if not 0.0 <= denoise <= 1.0:
-        raise ValueError(f"denoise must be in [0, 1]; got {denoise!r}")
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    if latent_image.ndim != 5 or getattr(latent_image, "is_nested", False):
-        raise ValueError(
-            f"the chunked sampler needs a video latent (B, C, T, H, W); got {tuple(latent_image.shape)}")
-    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    run = ChunkedRun(sampler_name, order, state_device, node_id)
-    writer = ChunkImageWriter(vae, filename_prefix, save_frames) if vae is not None else None
-    run.on_chunk_finished = writer
+    latent_image = checked_latent(model, scheduler, denoise, latent)
     tc = patch.config.attention.chunk_frames
+    if save_state:
+        check_save_state(order, latent, latent_image.shape[2], tc)
+        noise = initial_frame_noise(seed, tuple(latent_image.shape))
+    else:
+        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    run = ChunkedRun(sampler_name, order, state_device, node_id, keep_final_states=bool(save_state))
+    writer = ChunkImageWriter(vae, filename_prefix, save_frames) if vae is not None else None
+    if writer is not None and on_writer is not None:
+        on_writer(writer)
+    run.on_chunk_finished = writer
     run.chunks, run.steps = math.ceil(latent_image.shape[2] / tc), steps
     run.pbar = comfy.utils.ProgressBar(run.chunks * steps, node_id=node_id)
     run.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
@@ -269,6 +302,8 @@ def run_chunked_ksampler(
         free = comfy.model_management.get_free_memory(load) if load.type != "cpu" else None
         run.store_plan = plan_state_store(state_device, load, store_bytes=guess, free_bytes=free)
         options[CHUNKED_KEY]["device_state_bytes"] = run.store_plan.reserved_bytes  # prepare-sampling wrapper
+        if save_state:
+            check_room(guess)
     device = model.load_device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -284,13 +319,47 @@ def run_chunked_ksampler(
             writer(samples[:, :, f0:f0 + tc], f0, min(f0 + tc, samples.shape[2]))
     seconds = time.perf_counter() - start
     out = dict(latent)
+    out.pop(RESUME_KEY, None)
     out["samples"] = samples
+    if save_state:
+        try:
+            settings = resume_settings(model, sampler_name=sampler_name, scheduler=scheduler, steps=steps,
+                                       cfg=cfg, denoise=denoise, seed=seed, sigmas=sigmas,
+                                       evaluation_sigmas=run.evaluation_sigmas, samples=samples)
+            out[RESUME_KEY] = write_resume(run.final_store, settings)
+        finally:
+            run.final_store.clear()
     out["rehyat_stats"] = {
         "seconds": float(seconds), "peak_memory_mib": peak_memory_mib(device), "device": str(device),
         "order": order, "chunks": int(run.chunks), "state_store_mib": run.state_store_bytes / 2**20,
     }
     images = writer.images() if writer is not None else torch.zeros((0, 64, 64, 3))
     return out, images
+
+
+def checked_latent(model: Any, scheduler: str, denoise: float, latent: dict) -> torch.Tensor:
+    """The KSampler-style inputs every chunked sampler checks; returns the video latent to sample."""
+    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        raise ValueError(f"scheduler must be one of ComfyUI's schedulers; got {scheduler!r}")
+    if not 0.0 <= denoise <= 1.0:
+        raise ValueError(f"denoise must be in [0, 1]; got {denoise!r}")
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if latent_image.ndim != 5 or getattr(latent_image, "is_nested", False):
+        raise ValueError(
+            f"the chunked sampler needs a video latent (B, C, T, H, W); got {tuple(latent_image.shape)}")
+    return latent_image
+
+
+def check_save_state(order: str, latent: dict, frames: int, chunk_frames: int) -> None:
+    """Refuse ``save_state`` settings a continuation could not reproduce, naming what to change."""
+    if order != "streaming":
+        raise ValueError("save_state needs order='streaming' (same result as sweep): the states after the "
+                         "last chunk are what a continuation starts from")
+    for key, why in (("noise_mask", "a noise mask"), ("batch_index", "a batch_index")):
+        if latent.get(key) is not None:
+            raise ValueError(f"save_state: the latent carries {why}, which an extension cannot continue — "
+                             "sample from a plain empty video latent")
+    check_extendable(frames, chunk_frames)
 
 
 def peak_memory_mib(device: torch.device) -> float:

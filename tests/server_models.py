@@ -37,10 +37,13 @@ class HarnessNames:
     """File names (inside their ComfyUI model folders) that workflows may reference."""
 
     wan: str = "rehyat_test_wan.safetensors"
+    wan_low_noise: str = "rehyat_test_wan_low_noise.safetensors"  # a second expert (Wan2.2 A14B style)
     vae: str = "rehyat_test_wan_vae.safetensors"
     phi: str = "rehyat_test_phi.safetensors"
+    phi_low_noise: str = "rehyat_test_phi_low_noise.safetensors"  # φ of the low-noise expert
     positive: str = "rehyat_test_positive.safetensors"
     negative: str = "rehyat_test_negative.safetensors"
+    positive_2: str = "rehyat_test_positive_2.safetensors"  # a second prompt (extend / schedule)
     hub_repo_id: str = HUB_REPO_ID
     hub_filename: str = "rehyat_test_hub_phi.safetensors"
     hub_revision: str = HUB_REVISION
@@ -141,9 +144,13 @@ def lay_out_models(base: Path, seed: int = 0) -> ModelsTree:
     wan = _save(wan_sd, models / "diffusion_models" / NAMES.wan)
     vae = _save(tiny_wan_vae_tensors(seed), models / "vae" / NAMES.vae)
     phi = _phi_file(wan_sd, models / "rehyat" / NAMES.phi, seed + 1)
+    low_sd = tiny_wan_state_dict(dim=TINY_WAN_DIM, ffn_dim=512, num_layers=TINY_WAN_LAYERS, seed=seed + 10)
+    _save(low_sd, models / "diffusion_models" / NAMES.wan_low_noise)
+    _phi_file(low_sd, models / "rehyat" / NAMES.phi_low_noise, seed + 11)
     folder = conditioning_folder(base)
     _conditioning(folder / NAMES.positive, seed + 2)
     _conditioning(folder / NAMES.negative, seed + 3)
+    _conditioning(folder / NAMES.positive_2, seed + 5)
     hf_home = base / "hf_home"
     hub_source = _phi_file(wan_sd, base / "hub_source" / NAMES.hub_filename, seed + 4)
     _hub_cache(hf_home, hub_source)

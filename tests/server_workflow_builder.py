@@ -70,6 +70,20 @@ The figures under the patch and sampler nodes show chunks, FLOPs against softmax
 
 Wired to the tiny *test* files; for real use pick the Wan2.1 files, your φ and e.g. length 321."""
 
+NOTE_A14B = """## Wan2.2 A14B: two experts, chunk by chunk
+Wan2.2 A14B denoises with two models: a **high-noise** expert for the first steps and a
+**low-noise** expert for the rest (stock graphs chain two KSamplerAdvanced nodes). Patch each expert
+with **its own φ** (distilled against that expert), connect the high-noise one to `model` and the
+low-noise one to `low_noise_model` of **ReHyAt Chunked Sampler**; `switch_step` -1 splits at half of
+the steps like the stock template. Inside every chunk the high-noise expert runs its steps, then the
+low-noise one, each with its own recurrent state — the stock chain's result, in constant memory,
+with frames decoded as each chunk lands. ComfyUI keeps one expert loaded at a time; if both do not
+fit on your GPU it swaps them twice per chunk, and `order = sweep` (one swap per clip) is faster.
+
+Wired to the tiny *test* files; for real use pick `wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors`
+and `wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors` (or their GGUF versions), the Wan2.1 VAE,
+the two φ files and e.g. 832×480, length 321, 20 steps."""
+
 NOTE_HUB = """## φ from the Hugging Face Hub
 **ReHyAt Load φ from Hub** downloads a `.safetensors` φ (repo id, file name, revision) into
 models/rehyat, or uses the cached copy; with `HF_HUB_OFFLINE=1` it never touches the network.
@@ -146,7 +160,7 @@ def long_clip_workflow() -> Workflow:
         Node("sampler", "ReHyAtChunkedSampler", (960, 0),
              {"seed": SEED, "control_after_generate": "fixed", "steps": STEPS, "cfg": 3.0,
               "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0, "order": "streaming",
-              "state_device": "auto"}),
+              "state_device": "auto", "switch_step": -1}),
         Node("save", "SaveAnimatedWEBP", (1520, 0), {"filename_prefix": "ReHyAt/long_clip", "fps": 16.0,
                                                      "lossless": False, "quality": 90, "method": "default"},
              "Save the clip", size=(420, 420)),
@@ -161,6 +175,92 @@ def long_clip_workflow() -> Workflow:
         ("sampler", "IMAGE", "save", "images"),
     ]
     return Workflow("long_clip_chunked", nodes, links)
+
+
+def a14b_workflow() -> Workflow:
+    high = _common_inputs(0)
+    high[0].title = "Load Diffusion Model (high-noise expert)"
+    nodes = [
+        *high,
+        Node("unet_low", "UNETLoader", (0, 450),
+             {"unet_name": NAMES.wan_low_noise, "weight_dtype": "default"},
+             "Load Diffusion Model (low-noise expert)"),
+        Node("shift_high", "ModelSamplingSD3", (0, 560), {"shift": 8.0}, "Shift (high-noise)"),
+        Node("shift_low", "ModelSamplingSD3", (0, 660), {"shift": 8.0}, "Shift (low-noise)"),
+        Node("latent", "EmptyHunyuanLatentVideo", (0, 760),
+             {"width": WIDTH, "height": HEIGHT, "length": 25, "batch_size": 1}, "Empty video latent (Wan)"),
+        Node("phi_high", "ReHyAtLoadPhi", (420, 560), {"phi_file": NAMES.phi}, "φ of the high-noise expert"),
+        Node("phi_low", "ReHyAtLoadPhi", (420, 760), {"phi_file": NAMES.phi_low_noise},
+             "φ of the low-noise expert"),
+        Node("patch_high", "ReHyAtPatchModel", (420, 0), _patch_widgets("recurrent"), "Patch (high-noise)"),
+        Node("patch_low", "ReHyAtPatchModel", (420, 280), _patch_widgets("recurrent"), "Patch (low-noise)"),
+        Node("sampler", "ReHyAtChunkedSampler", (960, 0),
+             {"seed": SEED, "control_after_generate": "fixed", "steps": STEPS, "cfg": 3.0,
+              "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0, "order": "streaming",
+              "state_device": "auto", "switch_step": -1}),
+        Node("save", "SaveAnimatedWEBP", (1520, 0), {"filename_prefix": "ReHyAt/a14b_long_clip", "fps": 16.0,
+                                                     "lossless": False, "quality": 90, "method": "default"},
+             "Save the clip", size=(420, 420)),
+        Node("note", "MarkdownNote", (960, -320), {"": NOTE_A14B}, "About this workflow", size=(560, 300)),
+    ]
+    links = [
+        ("unet", "MODEL", "shift_high", "model"), ("unet_low", "MODEL", "shift_low", "model"),
+        ("shift_high", "MODEL", "patch_high", "model"), ("shift_low", "MODEL", "patch_low", "model"),
+        ("phi_high", "phi", "patch_high", "phi"), ("phi_low", "phi", "patch_low", "phi"),
+        ("patch_high", "model", "sampler", "model"), ("patch_low", "model", "sampler", "low_noise_model"),
+        ("pos", "CONDITIONING", "sampler", "positive"), ("neg", "CONDITIONING", "sampler", "negative"),
+        ("latent", "LATENT", "sampler", "latent_image"), ("vae", "VAE", "sampler", "vae"),
+        ("sampler", "IMAGE", "save", "images"),
+    ]
+    return Workflow("wan22_a14b_long_clip", nodes, links)
+
+
+NOTE_EXTEND = """## Extend a finished clip, with a new prompt
+**ReHyAt Chunked Sampler** with `save_state` on writes, after its last chunk, the recurrent states of
+every model evaluation to `output/rehyat_states/` (the LATENT carries the file's path); with
+`video_prefix` set, each decoded chunk is appended to an MP4 that a player opens while it grows.
+**ReHyAt Extend Clip** continues the clip from those states — later, in another run if you like —
+here under a second prompt: the new frames carry on from what the first prompt drew, and the result
+is exactly what one longer run would have given. Decode the whole LATENT for one video of the clip.
+A **ReHyAt Prompt Schedule** does the same inside one run (a prompt per chunk).
+
+Wired to the tiny *test* files; for real use pick the Wan2.1 files, your φ, a length of 4·k·3 + 1
+video frames (whole chunks: 81, 129, …) and `extra_frames` a multiple of 3."""
+
+
+def extend_workflow() -> Workflow:
+    second = Node("pos_2", "ReHyAtLoadConditioning", (0, 450), {"conditioning_file": NAMES.positive_2},
+                  "Second prompt (saved conditioning)")
+    nodes = [
+        *_common_inputs(0), second,
+        Node("latent", "EmptyHunyuanLatentVideo", (0, 550),
+             {"width": WIDTH, "height": HEIGHT, "length": 21, "batch_size": 1}, "Empty video latent (Wan)"),
+        Node("phi", "ReHyAtLoadPhi", (0, 740), {"phi_file": NAMES.phi}),
+        Node("patch", "ReHyAtPatchModel", (420, 0), _patch_widgets("recurrent")),
+        Node("sampler", "ReHyAtChunkedSampler", (960, 0),
+             {"seed": SEED, "control_after_generate": "fixed", "steps": STEPS, "cfg": 3.0,
+              "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0, "order": "streaming",
+              "state_device": "auto", "switch_step": -1, "save_state": True,
+              "video_prefix": "ReHyAt/first_part", "fps": 16}),
+        Node("extend", "ReHyAtExtendClip", (1500, 0),
+             {"extra_frames": 3, "save_state": False, "video_prefix": "", "fps": 16}),
+        Node("decode", "VAEDecode", (2000, 0), {}, "Decode the whole clip"),
+        Node("video", "CreateVideo", (2000, 140), {"fps": 16.0}),
+        Node("save", "SaveVideo", (2400, 0), {"filename_prefix": "ReHyAt/extended_clip", "format": "mp4",
+                                              "codec": "h264"}, "Save the whole clip", size=(420, 420)),
+        Node("note", "MarkdownNote", (960, -330), {"": NOTE_EXTEND}, "About this workflow", size=(560, 300)),
+    ]
+    links = [
+        ("unet", "MODEL", "patch", "model"), ("phi", "phi", "patch", "phi"),
+        ("patch", "model", "sampler", "model"), ("patch", "model", "extend", "model"),
+        ("pos", "CONDITIONING", "sampler", "positive"), ("neg", "CONDITIONING", "sampler", "negative"),
+        ("pos_2", "CONDITIONING", "extend", "positive"), ("neg", "CONDITIONING", "extend", "negative"),
+        ("latent", "LATENT", "sampler", "latent_image"), ("vae", "VAE", "sampler", "vae"),
+        ("sampler", "LATENT", "extend", "latent"), ("vae", "VAE", "extend", "vae"),
+        ("extend", "LATENT", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
+        ("decode", "IMAGE", "video", "images"), ("video", "VIDEO", "save", "video"),
+    ]
+    return Workflow("extend_clip", nodes, links)
 
 
 def hub_workflow() -> Workflow:
@@ -189,7 +289,8 @@ def hub_workflow() -> Workflow:
     return Workflow("phi_from_hub", nodes, links)
 
 
-WORKFLOWS = {w.name: w for w in (compare_workflow(), long_clip_workflow(), hub_workflow())}
+WORKFLOWS = {w.name: w for w in (compare_workflow(), long_clip_workflow(), a14b_workflow(), extend_workflow(),
+                                  hub_workflow())}
 
 BUILD_JS = """
 const spec = arguments[0];

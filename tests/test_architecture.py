@@ -10,7 +10,7 @@ from comfy_support import REPO_ROOT
 # docs/architecture.md, "Layers": a unit may import its own layer's unit and any lower layer's.
 LAYERS: list[tuple[str, set[str]]] = [
     ("config", {"config", "file_names"}),
-    ("foundation", {"video_latent", "finite", "atomic"}),
+    ("foundation", {"video_latent", "finite", "atomic", "video"}),
     ("ops", {"ops"}),
     ("maths", {"feature_maps", "flops", "metrics", "keymap"}),
     ("attention", {"hybrid"}),

@@ -90,3 +90,21 @@ def test_summary_is_derived_from_the_cases(report: dict) -> None:
                       ("sweep_growth_in_latents", float), ("streaming_below_windows_at_every_length", bool),
                       ("longest_speedup_vs_windows", float), ("longest_meets_1_6x", bool)):
         assert isinstance(summary[key], kind), key
+
+
+def test_extend_case_reports_per_frame_cost_and_identity(tmp_path: Path) -> None:
+    """The opt-in ``extend`` case: a saved clip extended vs one run, in one process (no timing asserted)."""
+    comfy_or_skip()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--cases", "extend", "--frames", "21", "--no-flops"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    (case,) = report["cases"]
+    shape = (case["case"], case["latent_frames"], case["first_frames"], case["extra_frames"])
+    assert shape == ("extend", 6, 3, 3)
+    assert case["equal_to_one_run"] is True and case["finite"] and case["resume_file_mib"] > 0
+    assert case["per_frame_ratio"] == pytest.approx(case["extend_seconds_per_frame"]
+                                                    / case["one_run_seconds_per_frame"])
+    assert report["summary"]["extend_bit_identical"] is True

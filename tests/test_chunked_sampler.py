@@ -277,7 +277,8 @@ def test_chunked_node_decodes_chunks_as_they_land(setup, tmp_path, monkeypatch):
     schema = node.define_schema()
     assert [i.id for i in schema.inputs] == ["model", "seed", "steps", "cfg", "sampler_name", "scheduler",
                                              "positive", "negative", "latent_image", "denoise", "order",
-                                             "state_device", "vae"]
+                                             "state_device", "vae", "low_noise_model", "switch_step",
+                                             "save_state", "video_prefix", "fps"]
     assert schema.category == "ReHyAt/sampling" and all(i.tooltip for i in schema.inputs)
     vae = load_tiny_wan_vae()
     decoded_chunks = []

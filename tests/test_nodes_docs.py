@@ -8,7 +8,8 @@ from nodes_support import ROOT, node_class, pack_module
 
 pytestmark = requires_comfyui
 NODE_IDS = ("ReHyAtPatchModel", "ReHyAtPatchWan", "ReHyAtLoadPhi", "ReHyAtSavePhi", "ReHyAtLoadPhiFromHub",
-            "ReHyAtCompare", "ReHyAtSaveConditioning", "ReHyAtLoadConditioning")
+            "ReHyAtCompare", "ReHyAtSaveConditioning", "ReHyAtLoadConditioning", "ReHyAtChunkedSampler",
+            "ReHyAtExtendClip", "ReHyAtPromptSchedule")
 
 
 @pytest.mark.parametrize("node_id", NODE_IDS)

@@ -607,6 +607,36 @@ def test_fingerprint_dequantizes_tensor_subclasses_and_refuses_unknown_ones():
         tensor_statistics(value.as_subclass(Opaque))
 
 
+def test_fingerprint_module_reads_opaque_weights_through_the_weight_reader():
+    from rehyat.weights import needs_layer_to_read
+
+    class Opaque(torch.Tensor):  # storage only its layer can read (no dequantize())
+        pass
+
+    assert needs_layer_to_read(torch.zeros(1).as_subclass(Opaque))
+    assert not needs_layer_to_read(torch.zeros(1)) and not needs_layer_to_read(nn.Parameter(torch.zeros(1)))
+    assert not needs_layer_to_read(_Quantized(torch.zeros(1, dtype=torch.int8), 1.0))  # dequantizes itself
+    torch.manual_seed(0)
+    model = _TinyWan(DIM, 2)
+    expected = fingerprint_module(model, "wan")
+    values = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            values[name] = module.weight.detach().clone()
+            module.weight = nn.Parameter(torch.zeros(3).as_subclass(Opaque), requires_grad=False)
+    calls = []
+
+    def reader(layer, attribute, stored):
+        calls.append(attribute)
+        assert type(stored) is Opaque
+        return values[next(n for n, m in model.named_modules() if m is layer)]
+
+    assert fingerprint_module(model, "wan", num_layers=2, weight_reader=reader) == expected
+    assert len(calls) == 8 and set(calls) == {"weight"}  # q, k, v, o of both blocks
+    with pytest.raises(ValueError, match="cannot fingerprint 'blocks.0.self_attn.q.weight'.*Opaque"):
+        fingerprint_module(model, "wan", num_layers=2)
+
+
 def test_fingerprint_module_reads_unpatched_originals():
     torch.manual_seed(0)
     model = _TinyWan(DIM, 2)

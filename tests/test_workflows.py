@@ -107,9 +107,27 @@ def _check_distill(server: ComfyServer, api: dict, result: PromptResult, new: se
         assert phi.base.num_layers == TINY_WAN_LAYERS and phi.blocks  # … for the harness's tiny Wan
 
 
+def _check_extend(server: ComfyServer, api: dict, result: PromptResult, new: set[Path]) -> None:
+    from rehyat.streaming import load_resume
+    from rehyat.video import read_mp4_frames
+
+    states = [p for p in new if p.parent.name == "rehyat_states"]
+    assert len(states) == 1, f"expected one resume file in output/rehyat_states: {sorted(new)}"
+    _, settings = load_resume(states[0])
+    assert settings.frames == 6 and settings.noise == "per_frame"  # length 21 → 6 latent frames, 2 chunks
+    growing = [p for p in new if p.name.startswith("first_part_") and p.suffix == ".mp4"]
+    assert len(growing) == 1 and read_mp4_frames(growing[0]).shape[0] == 21, sorted(new)
+    whole = [p for p in new if p.name.startswith("extended_clip") and p.suffix == ".mp4"]
+    assert len(whole) == 1, sorted(new)
+    assert read_mp4_frames(whole[0]).shape[0] == 4 * (6 + 3 - 1) + 1  # the clip and its extension: 33
+
+
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mov"}
 EXTRA_CHECKS: dict[str, Callable[[ComfyServer, dict, PromptResult, set[Path]], None]] = {
     "wan_vs_rehyat_compare": _check_compare,
     "long_clip_chunked": _check_long_clip,
+    "wan22_a14b_long_clip": _check_long_clip,
+    "extend_clip": _check_extend,
     "phi_from_hub": _check_hub,
     "distill_phi": _check_distill,
 }
@@ -127,6 +145,9 @@ def test_workflow_runs_end_to_end(path: Path, comfy_server: ComfyServer):
     images = _images(result)
     assert images or new, f"{path.name} produced no image and wrote no file; outputs: {result.outputs}"
     for image in images:
+        if Path(image["filename"]).suffix in VIDEO_SUFFIXES:  # SaveVideo reports its file as "images"
+            assert server.output_file(image).stat().st_size > 0
+            continue
         file = server.output_file(image)
         with Image.open(io.BytesIO(file.read_bytes())) as picture:
             assert picture.size[0] > 0 and picture.size[1] > 0

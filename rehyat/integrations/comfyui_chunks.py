@@ -21,6 +21,7 @@ from ..models.wan_layers import pad_to_patch, sinusoidal_embedding
 from ..ops import RecurrentState
 from ..recurrent_dit import run_chunked_forward
 from ..streaming.driver import StreamContext
+from ..streaming.prompt_schedule import SCHEDULES_OPTION, scheduled_context
 
 RUN_KEY = "rehyat_run"  # transformer_options entry read by the attention layers
 
@@ -74,13 +75,30 @@ class ComfyWanChunks:
         e = wan.time_embedding(sinusoidal_embedding(wan.freq_dim, timestep.flatten()).to(dtype=x.dtype))
         self.e = e.reshape(timestep.shape[0], -1, e.shape[-1])  # (B, 1, C)
         self.e0 = wan.time_projection(self.e).unflatten(2, (6, wan.dim))  # (B, 1, 6, C)
-        context = wan.text_embedding(context)
-        self.context_img_len = None
-        if clip_fea is not None:
-            if wan.img_emb is not None:
-                context = torch.concat([wan.img_emb(clip_fea), context], dim=1)
-            self.context_img_len = clip_fea.shape[-2]
-        self.context = context
+        self.context_img_len = clip_fea.shape[-2] if clip_fea is not None else None
+        self._image_context = None
+        if clip_fea is not None and wan.img_emb is not None:
+            self._image_context = wan.img_emb(clip_fea)  # (B, L_img, C)
+        self._text = context  # (B, L, C_text): the call's cross-attention input
+        self._schedules = options.get(SCHEDULES_OPTION) or ()
+        self._contexts: dict[tuple[int, ...], Tensor] = {}
+        self.context = self._embed(context)  # (B, L_img + L, C)
+
+    def _embed(self, text: Tensor) -> Tensor:
+        context = self.wan.text_embedding(text)
+        if self._image_context is not None:
+            context = torch.concat([self._image_context, context], dim=1)
+        return context
+
+    def context_for(self, frame_start: int) -> Tensor:
+        """The embedded cross-attention input of the chunk starting at latent frame ``frame_start``
+        (a prompt schedule picks each conditioning's entry; embedded once per distinct pick)."""
+        text, picks = scheduled_context(self._text, self._schedules, frame_start)
+        if text is self._text:
+            return self.context
+        if picks not in self._contexts:
+            self._contexts[picks] = self._embed(text)
+        return self._contexts[picks]
 
     def embed(self, f0: int, f1: int) -> Tensor:
         x = self.x[:, :, f0 - self.frame_offset:f1 - self.frame_offset]
@@ -92,7 +110,7 @@ class ComfyWanChunks:
         freqs = self.wan.rope_encode(f1 - f0, h, w, t_start=f0 * self.rope_scale_t, device=tokens.device,
                                      dtype=tokens.dtype, transformer_options=self.options)
         options = {**self.options, RUN_KEY: run}
-        return self.wan.blocks[index](tokens, e=self.e0, freqs=freqs, context=self.context,
+        return self.wan.blocks[index](tokens, e=self.e0, freqs=freqs, context=self.context_for(f0),
                                       context_img_len=self.context_img_len, transformer_options=options)
 
     def finish_chunk(self, tokens: Tensor, f0: int, f1: int) -> Tensor:

@@ -11,6 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from ..streaming.prompt_schedule import schedules_of
+
 PREPARE_SAMPLING_WRAPPER = "prepare_sampling"  # comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING
 CHUNKED_KEY = "rehyat_chunked"  # transformer_options entry set by the chunked sampler nodes
 
@@ -31,7 +33,7 @@ def chunk_noise_shape(noise_shape: Any, attention: Any) -> list[int]:
 
 def prepare_sampling_wrapper(patch_of: Callable[[Any], Any]):
     """A ``prepare_sampling`` wrapper that makes ComfyUI size memory for one chunk (plus the state
-    store kept on the device), not the clip.
+    store kept on the device), not the clip, and hands the run's prompt schedules to the patch.
 
     Active when the patched model runs recurrently (``forward_mode="recurrent"``) or a chunked
     sampler set ``transformer_options["rehyat_chunked"] = {"device_state_bytes": n}``; the state
@@ -46,6 +48,10 @@ def prepare_sampling_wrapper(patch_of: Callable[[Any], Any]):
 
 
 def _prepare_sampling(patch: Any, executor, model, noise_shape, *args, **kwargs):
+    if patch is not None:  # this run's prompt schedules, found by the model wrapper through the cond uuids
+        conds = args[0] if args else kwargs.get("conds")
+        patch.prompt_schedules.clear()
+        patch.prompt_schedules.update(schedules_of(conds))
     model_options = kwargs.get("model_options") or {}
     chunked = (model_options.get("transformer_options") or {}).get(CHUNKED_KEY)
     if patch is None or (chunked is None and patch.forward_mode != "recurrent") or len(noise_shape) != 5:

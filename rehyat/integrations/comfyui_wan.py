@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..config import ConversionConfig, check_recurrent_capable
 from ..hybrid import HybridAttention, ReHyAtRun, build_attention, check_hybrid_modules
 from ..streaming.driver import CONTEXT_KEY
+from ..streaming.prompt_schedule import SCHEDULES_OPTION
 from ..weights import (
     BaseModelInfo,
     apply_phi_tensors,
@@ -47,6 +48,7 @@ from ..weights import (
 )
 from .comfyui_chunks import RUN_KEY, check_recurrent_inputs, latent_grid, recurrent_forward
 from .comfyui_memory import PREPARE_SAMPLING_WRAPPER, phi_bytes, prepare_sampling_wrapper
+from .comfyui_weights import layer_cast_weight
 
 DIFFUSION_MODEL_WRAPPER = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 WRAPPER_KEY = "rehyat"
@@ -65,6 +67,9 @@ class ComfyReHyAtPatch:
     blocks: tuple[int, ...]
     hybrid: Mapping[int, HybridAttention]
     forward_mode: ForwardMode
+    prompt_schedules: dict = field(default_factory=dict, compare=False, repr=False)
+    """``{cond uuid: PromptSchedule}`` of the sampling run being prepared (set by the prepare-sampling
+    wrapper from the conditioning; read by the model wrapper through ``transformer_options["uuids"]``)."""
 
 
 class ComfyWanReHyAtSelfAttention(nn.Module):
@@ -200,12 +205,14 @@ def comfy_fingerprint(model_patcher: Any) -> list[float]:
 
     Weights patched in place (a LoRA while the model is loaded) are read from the patcher's backup,
     so the answer is the checkpoint's whether or not the patches are applied; fp8_scaled weights are
-    multiplied by their ``scale_weight``.
+    multiplied by their ``scale_weight``; weights other packs keep quantized in their own layers
+    (GGUF) are read through the layer's cast path (:func:`.comfyui_weights.layer_cast_weight`).
     """
     wan = model_patcher.get_model_object("diffusion_model")
     originals = {key: entry.weight for key, entry in getattr(model_patcher, "backup", {}).items()}
     return fingerprint_module(model_patcher.model, "wan", prefix="diffusion_model.",
-                              num_layers=len(wan.blocks), originals=originals)
+                              num_layers=len(wan.blocks), originals=originals,
+                              weight_reader=layer_cast_weight)
 
 
 def load_phi_for_comfy(
@@ -250,7 +257,17 @@ def _make_wrapper(patch: ComfyReHyAtPatch):
                 "token layout) — remove the reference latent from the conditioning"
             )
         stream = options.get(CONTEXT_KEY)
-        if stream is not None or patch.forward_mode == "recurrent":
+        chunked = stream is not None or patch.forward_mode == "recurrent"
+        schedules = [patch.prompt_schedules.get(uuid) for uuid in options.get("uuids") or ()]
+        if any(s is not None for s in schedules):
+            if not chunked:
+                raise ValueError(
+                    "a ReHyAt Prompt Schedule needs chunked sampling (the prompt changes between chunks): "
+                    "use the ReHyAt Chunked Sampler / Extend Clip / Streaming Sampler, or "
+                    "forward_mode=recurrent"
+                )
+            options[SCHEDULES_OPTION] = schedules
+        if chunked:
             check_recurrent_inputs(wan, kwargs)
             chunk_frames = patch.config.attention.chunk_frames
             return recurrent_forward(wan, chunk_frames, x, timestep, context, clip_fea, options, stream)

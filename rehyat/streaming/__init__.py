@@ -11,6 +11,7 @@ from .driver import (
     NON_STREAMING_SAMPLERS,
     ORDERS,
     ChunkProgress,
+    ChunkStream,
     StreamContext,
     accepts_noise_sampler,
     check_streamable,
@@ -18,7 +19,8 @@ from .driver import (
     sample_streaming,
     sample_sweep,
 )
-from .noise import FrameNoiseSampler, frame_noise, frame_noise_seed
+from .noise import FrameNoiseSampler, frame_noise, frame_noise_seed, initial_frame_noise
+from .resume import ResumeSettings, check_extendable, load_resume, resume_file_bytes, save_resume
 from .store import (
     STATE_DEVICES,
     StateKey,
@@ -33,18 +35,25 @@ __all__ = [
     "ORDERS",
     "STATE_DEVICES",
     "ChunkProgress",
+    "ChunkStream",
     "FrameNoiseSampler",
     "ProgressiveWanDecoder",
+    "ResumeSettings",
     "StateKey",
     "StateStore",
     "StreamContext",
     "accepts_noise_sampler",
+    "check_extendable",
     "check_streamable",
     "check_streaming_model_options",
     "frame_noise",
     "frame_noise_seed",
+    "initial_frame_noise",
+    "load_resume",
     "resolve_state_device",
+    "resume_file_bytes",
     "sample_streaming",
     "sample_sweep",
+    "save_resume",
     "state_store_bytes",
 ]

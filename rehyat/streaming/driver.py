@@ -159,10 +159,15 @@ def with_context(extra_args: dict, context: StreamContext, **overrides: Any) -> 
 
 
 class _SigmaSchedule:
-    """Sigmas of chunk 0's evaluations; later chunks must evaluate at the same sigmas."""
+    """Sigmas of chunk 0's evaluations; later chunks must evaluate at the same sigmas.
 
-    def __init__(self) -> None:
-        self.reference: list[float] = []
+    ``reference`` given: the sigmas a previous run's chunks evaluated at (a resumed clip), and every
+    chunk is checked against them.
+    """
+
+    def __init__(self, reference: list[float] | None = None) -> None:
+        self.reference: list[float] = list(reference or [])
+        self.known = reference is not None
         self.seen = 0
 
     def start_chunk(self) -> None:
@@ -172,7 +177,7 @@ class _SigmaSchedule:
         value = float(sigma.flatten()[0])
         index = self.seen
         self.seen += 1
-        if chunk == 0:
+        if chunk == 0 and not self.known:
             self.reference.append(value)
         elif index >= len(self.reference) or not math.isclose(value, self.reference[index], rel_tol=1e-6,
                                                                 abs_tol=1e-9):
@@ -185,7 +190,7 @@ class _SigmaSchedule:
         return index
 
     def end_chunk(self, chunk: int) -> None:
-        if chunk and self.seen != len(self.reference):
+        if (chunk or self.known) and self.seen != len(self.reference):
             raise ValueError(
                 f"chunk {chunk} made {self.seen} model evaluations but chunk 0 made {len(self.reference)}: "
                 "this sampler cannot stream chunk by chunk — use a fixed-step sampler or order='sweep'"
@@ -237,12 +242,115 @@ def check_engine_inputs(x: Tensor, sigmas: Tensor, chunk_frames: int) -> None:
         raise ValueError(f"sigmas must be finite; got {sigmas.tolist()}")
 
 
+class ChunkStream:
+    """The streaming order, one chunk per call: what persists between the chunks of one run.
+
+    :func:`sample_streaming` runs every chunk of a clip in one call; a caller that must do something
+    between chunks — e.g. run a chunk's high-noise steps with one model and its low-noise steps with
+    another (two-expert Wan2.2), each model with its own ``ChunkStream`` and state store — calls
+    :meth:`run` itself, chunk after chunk, in order.
+
+    Args:
+        sampler_function: k-diffusion-style sampler (``fn(model, x, sigmas, extra_args, callback,
+            disable, **options)``).
+        frames: latent frames of the whole clip.
+        chunk_frames: latent frames per chunk (the model's Tc).
+        store: where evaluation k's states wait for the next chunk.
+        seed: the run's seed (ancestral / SDE noise is drawn per frame from it).
+        model_options: the sampler's model options (CFG functions that look at the whole latent are
+            refused here).
+        latent_hw: the clip latent's spatial size.
+        sampler_options: extra keyword options for the sampler (a noise sampler is added when the
+            sampler takes one and none is given).
+        first_chunk: the chunk to run first — > 0 continues a clip whose earlier chunks ran before
+            (their states are in ``store``; ``evaluation_sigmas`` must then be given).
+        evaluation_sigmas: the sigma of every model evaluation of one chunk's sampler run, as the
+            earlier chunks ran them (:attr:`evaluation_sigmas` of that run); each chunk must match.
+        keep_final_states: also keep the last chunk's states in ``store`` (to extend the clip later).
+    """
+
+    def __init__(
+        self, sampler_function: Callable, *, frames: int, chunk_frames: int, store: StateStore, seed: int = 0,
+        model_options: dict | None = None, latent_hw: tuple[int, int] | None = None,
+        sampler_options: dict | None = None, first_chunk: int = 0,
+        evaluation_sigmas: list[float] | None = None, keep_final_states: bool = False,
+    ) -> None:
+        require_int("frames", frames, low=1)
+        require_int("chunk_frames", chunk_frames, low=1)
+        check_streaming_model_options(model_options or {})
+        self.sampler_function = sampler_function
+        self.frames, self.chunk_frames = frames, chunk_frames
+        self.chunks = math.ceil(frames / chunk_frames)
+        require_int("first_chunk", first_chunk, low=0, high=self.chunks - 1)
+        if first_chunk and evaluation_sigmas is None:
+            raise ValueError("a stream starting at a later chunk needs the earlier chunks' evaluation_sigmas")
+        self.seed = int(seed)
+        self.context = StreamContext(order="streaming", store=store, latent_hw=latent_hw)
+        self.options = dict(sampler_options or {})
+        self.draw_noise = accepts_noise_sampler(sampler_function) and "noise_sampler" not in self.options
+        self.keep_final_states = bool(keep_final_states)
+        self._schedule = _SigmaSchedule(evaluation_sigmas)
+        self._next = first_chunk
+
+    @property
+    def evaluation_sigmas(self) -> list[float]:
+        """The sigma of each model evaluation of one chunk's sampler run (known after the first chunk)."""
+        return list(self._schedule.reference)
+
+    def frames_of(self, chunk: int) -> tuple[int, int]:
+        """Latent frames ``[f0, f1)`` of chunk ``chunk``."""
+        require_int("chunk", chunk, low=0, high=self.chunks - 1)
+        return chunk * self.chunk_frames, min((chunk + 1) * self.chunk_frames, self.frames)
+
+    def run(
+        self, chunk: int, model: Any, x_chunk: Tensor, sigmas: Tensor, extra_args: dict, *,
+        callback: Callable[[dict], None] | None = None, disable: bool | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+    ) -> Tensor:
+        """Run the sampler on chunk ``chunk`` (the next one: chunks run in order, each once).
+
+        ``model`` is the sampler's model for the **whole clip** (its per-clip ``latent_image`` /
+        ``noise`` and ``extra_args["denoise_mask"]`` are sliced to the chunk); ``x_chunk`` the chunk's
+        noised latent ``(B, C, f1 − f0, H, W)``; ``callback`` the sampler's per-step callback.
+        """
+        if chunk != self._next:
+            raise ValueError(
+                f"chunk {chunk} cannot run now: the recurrent states hold chunk {self._next - 1}'s past, so "
+                f"chunks run in order 0, 1, …, {self.chunks - 1} — the next one is {self._next}"
+            )
+        f0, f1 = self.frames_of(chunk)
+        if x_chunk.ndim != 5 or x_chunk.shape[2] != f1 - f0:
+            raise ValueError(f"chunk {chunk} covers {f1 - f0} latent frames; got x_chunk of shape "
+                             f"{tuple(x_chunk.shape)}")
+        context, schedule = self.context, self._schedule
+        context.frame_offset, context.save_states = f0, chunk < self.chunks - 1 or self.keep_final_states
+        schedule.start_chunk()
+
+        def on_evaluation(sigma: Tensor) -> None:
+            if check_interrupt is not None:
+                check_interrupt()
+            context.begin_evaluation(schedule.check(chunk, sigma))
+
+        chunk_model = _ChunkModel(model, f0, f1, self.frames, on_evaluation)
+        mask = slice_frames(extra_args.get("denoise_mask"), f0, f1, self.frames)
+        chunk_args = with_context(extra_args, context, denoise_mask=mask)
+        options = dict(self.options)
+        if self.draw_noise:
+            options["noise_sampler"] = FrameNoiseSampler(self.seed, x_chunk, f0)
+        out = self.sampler_function(chunk_model, x_chunk, sigmas, extra_args=chunk_args, callback=callback,
+                                    disable=disable, **options)
+        schedule.end_chunk(chunk)
+        self._next += 1
+        return out
+
+
 def sample_streaming(
     sampler_function: Callable, model: Any, x: Tensor, sigmas: Tensor, *, extra_args: dict,
     chunk_frames: int, store: StateStore, sampler_options: dict | None = None,
     callback: Callable[[dict], None] | None = None, disable: bool | None = None,
     progress: ProgressHook | None = None, check_interrupt: Callable[[], None] | None = None,
     chunk_scope: Callable[[int, int], AbstractContextManager] | None = None,
+    on_stream: Callable[[ChunkStream], None] | None = None, keep_final_states: bool = False,
 ) -> Tensor:
     """Run ``sampler_function`` chunk after chunk (streaming order); returns the full latent.
 
@@ -263,34 +371,23 @@ def sample_streaming(
         progress: receives a :class:`ChunkProgress` per step and once per finished chunk.
         check_interrupt: called before every model evaluation (raises to cancel).
         chunk_scope: context manager entered around each chunk's run (e.g. to slice conditioning).
+        on_stream: receives the run's :class:`ChunkStream` before the first chunk (e.g. to read its
+            :attr:`~ChunkStream.evaluation_sigmas` afterwards).
+        keep_final_states: keep the last chunk's states in ``store`` too (to extend the clip later).
     """
     check_engine_inputs(x, sigmas, chunk_frames)
-    check_streaming_model_options(extra_args.get("model_options") or {})
     frames, steps = x.shape[2], len(sigmas) - 1
-    chunks = math.ceil(frames / chunk_frames)
-    seed = int(extra_args.get("seed") or 0)
+    stream = ChunkStream(sampler_function, frames=frames, chunk_frames=chunk_frames, store=store,
+                         seed=int(extra_args.get("seed") or 0), model_options=extra_args.get("model_options"),
+                         latent_hw=tuple(x.shape[3:]), sampler_options=sampler_options,
+                         keep_final_states=keep_final_states)
+    if on_stream is not None:
+        on_stream(stream)
+    chunks = stream.chunks
     result = x.clone()  # (B, C, T, H, W): finished chunks land here
-    schedule = _SigmaSchedule()
-    context = StreamContext(order="streaming", store=store, latent_hw=tuple(x.shape[3:]))
-    options = dict(sampler_options or {})
-    draw_noise = accepts_noise_sampler(sampler_function) and "noise_sampler" not in options
     scope = chunk_scope or (lambda f0, f1: contextlib.nullcontext())
     for chunk in range(chunks):
-        f0, f1 = chunk * chunk_frames, min((chunk + 1) * chunk_frames, frames)
-        context.frame_offset, context.save_states = f0, chunk < chunks - 1
-        schedule.start_chunk()
-
-        def on_evaluation(sigma: Tensor, chunk: int = chunk) -> None:
-            if check_interrupt is not None:
-                check_interrupt()
-            context.begin_evaluation(schedule.check(chunk, sigma))
-
-        chunk_model = _ChunkModel(model, f0, f1, frames, on_evaluation)
-        chunk_args = with_context(extra_args, context,
-                                  denoise_mask=slice_frames(extra_args.get("denoise_mask"), f0, f1, frames))
-        x_chunk = x[:, :, f0:f1].clone()  # (B, C, n, H, W)
-        if draw_noise:
-            options["noise_sampler"] = FrameNoiseSampler(seed, x_chunk, f0)
+        f0, f1 = stream.frames_of(chunk)
 
         def on_step(info: dict, chunk: int = chunk, f0: int = f0, f1: int = f1) -> None:
             result[:, :, f0:f1] = info["denoised"]
@@ -303,9 +400,8 @@ def sample_streaming(
                 progress(ChunkProgress(chunk + 1, chunks, step, steps, "streaming", result, False, f0, f1))
 
         with scope(f0, f1):
-            out = sampler_function(chunk_model, x_chunk, sigmas, extra_args=chunk_args, callback=on_step,
-                                   disable=disable, **options)
-        schedule.end_chunk(chunk)
+            out = stream.run(chunk, model, x[:, :, f0:f1].clone(), sigmas, extra_args, callback=on_step,
+                             disable=disable, check_interrupt=check_interrupt)
         result[:, :, f0:f1] = out
         if progress is not None:
             progress(ChunkProgress(chunk + 1, chunks, steps, steps, "streaming", result, True, f0, f1))

@@ -56,3 +56,19 @@ class FrameNoiseSampler:
                             device=self.device)
         self.draws += 1
         return noise
+
+
+INITIAL_NOISE_DRAW = -1
+"""Draw index of a run's starting noise (the sampler's own draws count from 0)."""
+
+
+def initial_frame_noise(seed: int, shape: tuple[int, ...], frame_offset: int = 0, *,
+                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """The starting noise of an **extendable** clip ``(B, C, n, H, W)`` for frames ``[offset, offset+n)``.
+
+    Latent frame ``f`` gets noise from ``(seed, f)`` alone, so a clip of N frames and the first N
+    frames of a clip of N + M frames start from the same noise — what extending a clip later needs.
+    ComfyUI's KSampler draws one tensor for the whole latent instead (frame f's noise then depends on
+    the clip's length), so an extendable clip differs from the KSampler's for the same seed.
+    """
+    return frame_noise(seed, INITIAL_NOISE_DRAW, shape, frame_offset, dtype=dtype, device=device)

@@ -177,6 +177,15 @@ class StateStore:
             self._states[key] = slot
         self.peak_bytes = max(self.peak_bytes, self.nbytes())
 
+    def items(self) -> list[tuple[StateKey, dict[int, RecurrentState]]]:
+        """``(key, {block: state})`` pairs, sorted by key (states as stored, batch 1 each)."""
+        return [(key, dict(self._states[key])) for key in sorted(self._states)]
+
+    def put(self, key: StateKey, blocks: dict[int, RecurrentState]) -> None:
+        """Store one key's per-block states as given (batch 1 each), e.g. read back from a file."""
+        self._states[key] = {block: _detached_copy(state, self.device) for block, state in blocks.items()}
+        self.peak_bytes = max(self.peak_bytes, self.nbytes())
+
     def nbytes(self) -> int:
         """Bytes held right now."""
         return sum(s.nbytes() for blocks in self._states.values() for s in blocks.values())

@@ -35,7 +35,8 @@ def check_compatible(phi: PhiWeights, base: BaseModelInfo, fingerprint: list[flo
         return
     message = (
         "φ file's base-model fingerprint does not match this model's self-attention weights "
-        "(file made for a different Wan checkpoint)"
+        "(file made for a different Wan checkpoint — for Wan2.2 A14B, each expert needs its own φ: "
+        "check that the high-noise φ goes to the high-noise model and the low-noise φ to the other)"
     )
     if where < 0:
         message += f": the file's has {len(phi.fingerprint)} values, this model's {len(fingerprint)}"

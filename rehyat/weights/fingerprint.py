@@ -13,6 +13,10 @@ What creators load, and what is fingerprinted:
   ``<name>.scale_weight`` — the weight the model computes with.
 * Tensor subclasses that dequantize (ComfyUI's mixed-precision ``QuantizedTensor``): their
   dequantized values.
+* Tensor subclasses without ``dequantize()`` that other packs' custom layers turn into a weight
+  when they run (ComfyUI-GGUF's ``GGMLTensor``): the value the layer computes with, read through
+  a ``weight_reader`` the integration passes (ComfyUI's: the layer's own cast path, see
+  :func:`rehyat.integrations.comfyui_weights.layer_cast_weight`). Their raw storage is never read.
 * A model with weight patches (LoRA) in a ComfyUI ``ModelPatcher``: the **base** weights, always —
   whether or not the patches are currently applied in place (pass the patcher's backups as
   ``originals``). A φ file identifies the checkpoint it was distilled from; LoRAs are stacked per
@@ -48,6 +52,10 @@ SCALE_SUFFIX = "scale_weight"
 _PER_BLOCK = len(FINGERPRINT_ROLES) * len(FINGERPRINT_STATS)
 
 TensorGetter = Callable[[str], Tensor]
+
+WeightReader = Callable[[nn.Module, str, Tensor], Tensor]
+"""``reader(layer, attribute, stored)`` → the value ``layer`` computes with for ``stored`` (its
+``attribute``, e.g. ``"weight"``); used for tensor subclasses that cannot be read on their own."""
 
 
 def fingerprint_length(num_layers: int) -> int:
@@ -114,8 +122,11 @@ def _plain_tensor(tensor: Any) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise ValueError(f"expected a torch.Tensor; got {type(tensor).__name__}")
     if type(tensor) not in (Tensor, nn.Parameter):
-        if getattr(type(tensor), "dequantize", Tensor.dequantize) is Tensor.dequantize:
-            raise ValueError(f"cannot read the values of a {type(tensor).__name__} (no dequantize())")
+        if needs_layer_to_read(tensor):
+            raise ValueError(
+                f"cannot read the values of a {type(tensor).__name__} (no dequantize(), and no layer "
+                "to read it through: fingerprint the loaded model, not its state dict)"
+            )
         tensor = tensor.dequantize()
         if not isinstance(tensor, Tensor) or type(tensor) not in (Tensor, nn.Parameter):
             raise ValueError(f"dequantize() of a weight returned a {type(tensor).__name__}, not a tensor")
@@ -222,7 +233,10 @@ def fingerprint_state_dict(
 
 
 def module_tensor_getter(
-    module: nn.Module, prefix: str = "", originals: Mapping[str, Tensor] | None = None
+    module: nn.Module,
+    prefix: str = "",
+    originals: Mapping[str, Tensor] | None = None,
+    weight_reader: WeightReader | None = None,
 ) -> TensorGetter:
     """A getter for :func:`self_attention_fingerprint` reading ``module``'s parameters/buffers.
 
@@ -233,6 +247,10 @@ def module_tensor_getter(
     ``originals`` maps full names (``prefix + key``) to the unpatched tensors of weights that are
     currently patched in place (a ComfyUI ``ModelPatcher``'s ``backup``); they are read instead of
     the module's, so the fingerprint is the base model's whether or not patches are applied.
+
+    ``weight_reader`` reads a parameter stored as a tensor subclass that has no ``dequantize()``
+    (e.g. a GGUF-quantized weight whose layer dequantizes it when it runs): it gets the owning
+    layer, the attribute name and the stored tensor, and returns the weight the layer computes with.
     """
 
     def get(key: str) -> Tensor:
@@ -240,15 +258,26 @@ def module_tensor_getter(
         if originals is not None and name in originals:
             return originals[name]
         try:
-            return module.get_parameter(name)
+            tensor = module.get_parameter(name)
         except AttributeError:
-            pass
-        try:
-            return module.get_buffer(name)
-        except AttributeError:
-            raise KeyError(name) from None
+            try:
+                return module.get_buffer(name)
+            except AttributeError:
+                raise KeyError(name) from None
+        if weight_reader is not None and needs_layer_to_read(tensor):
+            owner, _, attribute = name.rpartition(".")
+            return weight_reader(module.get_submodule(owner), attribute, tensor)
+        return tensor
 
     return get
+
+
+def needs_layer_to_read(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a subclass whose values only its layer can produce (no ``dequantize()``)."""
+    kind = type(tensor)
+    if kind in (Tensor, nn.Parameter):
+        return False
+    return getattr(kind, "dequantize", Tensor.dequantize) is Tensor.dequantize
 
 
 def fingerprint_module(
@@ -257,17 +286,19 @@ def fingerprint_module(
     prefix: str = "",
     num_layers: int | None = None,
     originals: Mapping[str, Tensor] | None = None,
+    weight_reader: WeightReader | None = None,
 ) -> list[float]:
     """:func:`self_attention_fingerprint` of a loaded ``torch.nn.Module`` (no layout detection).
 
     ``num_layers`` defaults to :func:`infer_num_layers` of the module's parameter names;
-    ``originals`` as in :func:`module_tensor_getter` (unpatched weights by full name).
+    ``originals`` and ``weight_reader`` as in :func:`module_tensor_getter`.
     """
     if num_layers is None:
         names = [name for name, _ in module.named_parameters()]
         names += [name for name, _ in module.named_buffers()]
         num_layers = infer_num_layers(names, layout, prefix)
-    return self_attention_fingerprint(module_tensor_getter(module, prefix, originals), num_layers, layout)
+    getter = module_tensor_getter(module, prefix, originals, weight_reader)
+    return self_attention_fingerprint(getter, num_layers, layout)
 
 
 # Tolerance of fingerprints_match, and why.
