@@ -333,6 +333,8 @@ def run_chunked_ksampler(
         "seconds": float(seconds), "peak_memory_mib": peak_memory_mib(device), "device": str(device),
         "order": order, "chunks": int(run.chunks), "state_store_mib": run.state_store_bytes / 2**20,
     }
+    if RESUME_KEY in out:
+        out["rehyat_stats"]["resume_file_mib"] = os.path.getsize(out[RESUME_KEY]) / 2**20
     images = writer.images() if writer is not None else torch.zeros((0, 64, 64, 3))
     return out, images
 

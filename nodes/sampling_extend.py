@@ -9,6 +9,7 @@ bit. Conditioning may change (a new prompt continues from the states the old one
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -120,6 +121,8 @@ def run_extend_clip(
         "device": str(device), "order": "streaming", "chunks": int(chunks), "extended_from": int(n),
         "state_store_mib": run.state_store_bytes / 2**20,
     }
+    if RESUME_KEY in out:
+        out["rehyat_stats"]["resume_file_mib"] = os.path.getsize(out[RESUME_KEY]) / 2**20
     images = writer.images() if writer is not None else torch.zeros((0, 64, 64, 3))
     return out, images
 

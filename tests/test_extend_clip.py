@@ -96,6 +96,8 @@ def test_extend_twice_equals_one_run_and_the_file_is_sized_as_stated(setup):
     whole, _ = setup.chunked(8)
     assert torch.equal(third["samples"], whole["samples"])
     assert first["rehyat_resume"] != second["rehyat_resume"] != third["rehyat_resume"]
+    size_mib = os.path.getsize(third["rehyat_resume"]) / 2**20
+    assert third["rehyat_stats"]["resume_file_mib"] == size_mib and "resume_file_mib" in first["rehyat_stats"]
     state, settings = pack_module("rehyat.streaming").load_resume(third["rehyat_resume"])
     assert settings.frames == 8 and settings.sampler_name == "euler" and settings.steps == STEPS
     assert settings.noise == "per_frame" and settings.chunk_frames == TC
