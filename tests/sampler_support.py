@@ -64,3 +64,32 @@ def tiny_wan_i2v_state_dict(dim: int = 128, ffn_dim: int = 256, num_layers: int 
         else:
             sd[name] = 0.02 * noise
     return sd
+
+
+def stock_wan_nodes():
+    """ComfyUI's ``comfy_extras.nodes_wan``; it imports ``nodes`` (ComfyUI's, not this repo's package)."""
+    import importlib
+    import sys
+
+    from finetune_support import comfy_stock_nodes
+
+    stock = comfy_stock_nodes()
+    saved = sys.modules.get("nodes")
+    sys.modules["nodes"] = stock
+    try:
+        return importlib.import_module("comfy_extras.nodes_wan")
+    finally:
+        if saved is None:
+            del sys.modules["nodes"]
+        else:
+            sys.modules["nodes"] = saved
+
+
+def vision_output(seed: int, tokens: int = 257):
+    """A CLIP-vision output with random CLIP-H penultimate features ``(1, tokens, 1280)``."""
+    import comfy.clip_vision
+
+    output = comfy.clip_vision.Output()
+    gen = torch.Generator().manual_seed(seed)
+    output.penultimate_hidden_states = torch.randn((1, tokens, CLIP_VISION_DIM), generator=gen)
+    return output

@@ -5,15 +5,13 @@ with FLF2V's position embedding) — streaming and sweep equal the stock KSample
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import pytest
 import torch
 from comfy_support import WAN_TEXT_DIM, load_tiny_wan_comfy, requires_comfyui
-from finetune_support import comfy_stock_nodes
 from nodes_support import pack_module
-from sampler_support import CLIP_VISION_DIM, tiny_wan_i2v_state_dict
+from sampler_support import patch_with_random_phi, stock_wan_nodes, tiny_wan_i2v_state_dict, vision_output
 from vae_support import load_tiny_wan_vae
 
 pytestmark = requires_comfyui
@@ -24,41 +22,8 @@ def randn(shape, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def stock_wan_nodes():
-    """ComfyUI's ``comfy_extras.nodes_wan``; it imports ``nodes`` (ComfyUI's, not this repo's package)."""
-    stock = comfy_stock_nodes()
-    saved = sys.modules.get("nodes")
-    sys.modules["nodes"] = stock
-    try:
-        return importlib.import_module("comfy_extras.nodes_wan")
-    finally:
-        if saved is None:
-            del sys.modules["nodes"]
-        else:
-            sys.modules["nodes"] = saved
-
-
-def vision_output(seed: int):
-    import comfy.clip_vision
-
-    output = comfy.clip_vision.Output()
-    output.penultimate_hidden_states = randn((1, 257, CLIP_VISION_DIM), seed)
-    return output
-
-
 def patched(sd):
-    cw, c = pack_module("rehyat.integrations.comfyui_wan"), pack_module("rehyat.config")
-    base = load_tiny_wan_comfy(sd)
-    config = c.ConversionConfig(attention=c.HybridAttentionConfig(
-        chunk_frames=2, overlap_frames=1, feature_map=c.FeatureMapConfig(hidden_dim=16, feature_dim=16)))
-    wan = base.get_model_object("diffusion_model")
-    hybrid = cw.build_hybrid_modules(wan, config, config.resolve_blocks(len(wan.blocks)))
-    gen = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for module in hybrid.values():
-            for param in module.parameters():
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    return cw.patch_comfy_wan(base, config, hybrid)
+    return patch_with_random_phi(load_tiny_wan_comfy(sd), phi_seed=9)
 
 
 @pytest.mark.parametrize("kind", ["i2v", "flf2v"])
@@ -99,3 +64,19 @@ def test_stock_image_conditioning_samples_exactly_chunk_by_chunk(kind):
     changed = comfy.sample.sample(model, noise, STEPS, CFG, "euler", "simple", other, negative,
                                   latent["samples"], seed=SEED, disable_pbar=True)
     assert not torch.equal(changed, stock)
+
+
+def test_real_width_check_script_runs_and_reports_exactness():
+    """``scripts/check_image_conditioned_real_width.py`` at a tiny width (its real-width run is ≈ 5 min)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_image_conditioned_real_width.py"
+    done = subprocess.run([sys.executable, str(script), "--dim", "128", "--ffn", "256", "--kinds", "flf2v"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (case,) = json.loads(done.stdout)["cases"]
+    assert (case["kind"], case["dim"], case["in_channels"], case["clip_tokens"]) == ("flf2v", 128, 36, 514)
+    assert case["flf_position_embedding"] and case["finite"]
+    assert all(order["equal"] for order in case["orders"].values())
