@@ -38,13 +38,13 @@ from ..rehyat.streaming import ChunkStream, StateStore
 from ..rehyat.streaming.store import plan_state_store
 from .sampling_comfy import (
     ChunkedRun,
-    ChunkImageWriter,
     checked_latent,
     chunked_sampler,
     estimate_store_bytes,
     peak_memory_mib,
     send_progress_event,
 )
+from .sampling_decode import ChunkImageWriter
 
 AUTO_SWITCH = -1
 """``switch_step`` value meaning "half of ``steps``" (the stock Wan2.2 templates' split)."""

@@ -25,7 +25,8 @@ from ..rehyat.integrations.comfyui_memory import CHUNKED_KEY
 from ..rehyat.integrations.comfyui_wan import check_chunked_sampling
 from ..rehyat.streaming import ChunkProgress, ChunkStream, StateStore, check_extendable, initial_frame_noise
 from ..rehyat.streaming.store import plan_state_store
-from .sampling_comfy import ChunkedRun, ChunkImageWriter, estimate_store_bytes, peak_memory_mib
+from .sampling_comfy import ChunkedRun, estimate_store_bytes, peak_memory_mib
+from .sampling_decode import ChunkImageWriter
 from .sampling_state import RESUME_KEY, check_room, load_for_extension, resume_settings, write_resume
 
 MAX_EXTRA_FRAMES = 4096
