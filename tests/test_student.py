@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -368,3 +369,34 @@ def test_train_student_command_exports_and_refuses_overwriting(tiny_teacher, tmp
     with pytest.raises(SystemExit):
         main(["train-student", "--teacher-dir", str(teacher_dir), "--stage1-steps", "0"])
     assert "--stage1-steps must be" in capsys.readouterr().err
+
+
+def test_stage2_on_the_students_own_trajectories(tiny_teacher, trained):
+    """``stage2_data="trajectories"``: the adapters train on the states the student's own guided
+    sampler visits (refreshed on-policy), φ stays frozen, and the report says what the data was."""
+    from dataclasses import replace
+
+    from rehyat.student.onpolicy import student_trajectory
+    from rehyat.student.train import run_stage2
+
+    recipe = replace(TINY_RECIPE, stage2_data="trajectories", stage2_steps=3, stage2_trajectory_prompts=2,
+                     stage2_trajectory_refresh=2, stage2_frames=6)
+    states = student_trajectory(trained.stage1, "a red circle bounces", 3, 6)
+    assert len(states) == TINY.sampling.steps and states[0][1] == 1.0
+    assert torch.equal(states[0][0], trained.stage1.initial_noise(6, 3))
+    calls = []
+    student, report = run_stage2(trained.stage1, recipe, Path("unused"), lambda *a: calls.append(a),
+                                 tiny_teacher)
+    assert [c[1] for c in calls] == [1, 2, 3] and report["prompts"] == 4  # two buffers of two prompts
+    assert "own sampling states" in report["target"] and len(report["loss_curve"]) == 3
+    lora_ups = [p for n, p in student.dit.named_parameters() if ".lora.up." in n]
+    assert lora_ups and any(p.abs().sum() > 0 for p in lora_ups)
+    after = converted_blocks(student.dit)
+    for block, module in converted_blocks(trained.stage1.dit).items():
+        for a, b in zip(module.state_dict().values(), after[block].state_dict().values(), strict=True):
+            assert torch.equal(a, b), "stage 2 changed φ"
+    with pytest.raises(ValueError, match="needs the softmax teacher"):
+        run_stage2(trained.stage1, recipe, Path("unused"))
+    with pytest.raises(ValueError, match="stage2_data"):
+        StudentRecipe(stage2_data="videos")
+    assert recipe.estimated_seconds() > replace(recipe, stage2_data="clips").estimated_seconds()

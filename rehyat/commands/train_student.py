@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stage2-steps", type=int, default=None, help="fine-tune steps, 0: none (default 300)"
     )
     parser.add_argument("--phi-seed", type=int, default=None, help="seed of φ's initialisation (default 0)")
+    parser.add_argument(
+        "--stage2-data", choices=("clips", "trajectories"), default=None,
+        help="stage 2 inputs: noised generator clips (default) or the student's own sampling "
+        "trajectories (on-policy, ≈ 3× the time)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--export", default=None, metavar="DIR", help="write the student's files into DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             ("stage1_steps", args.stage1_steps),
             ("stage2_steps", args.stage2_steps),
             ("phi_seed", args.phi_seed),
+            ("stage2_data", args.stage2_data),
         )
         if value is not None
     }

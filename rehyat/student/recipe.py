@@ -12,6 +12,7 @@ from typing import Any
 from ..config import ConversionConfig, HybridAttentionConfig, require_int, require_real
 
 STAGE2_TARGETS = ("teacher", "data")
+STAGE2_DATA = ("clips", "trajectories")
 STAGE2_FIRST_SEED = 7_000_000  # generator clips of stage 2 (apart from training 1e6+ and held-out 5e6+)
 
 
@@ -38,6 +39,11 @@ class StudentRecipe:
         stage2_seed: seed of the data order, noise, σ and LoRA initialisation.
         empty_prompt_every: every n-th stage-2 clip has the empty prompt (keeps CFG's unconditional
             branch trained; 0: never).
+        stage2_data: "clips": noised generator clips (the teacher's training distribution);
+            "trajectories": the student's own sampling states, refreshed as it trains
+            (:mod:`rehyat.student.onpolicy`; the target is then always the teacher's velocity).
+        stage2_trajectory_prompts, stage2_trajectory_refresh: with "trajectories", the prompts of
+            one buffer of trajectories and the steps between refreshes.
         stage2_target: "teacher": regress the softmax teacher's velocity on the noised clip (the
             same minimiser as flow matching, far less variance — measured: seam ratio 2.27 → 1.74
             at 64 frames); "data": the plain flow-matching target noise − x0.
@@ -63,6 +69,9 @@ class StudentRecipe:
     empty_prompt_every: int = 10
     stage2_target: str = "teacher"
     stage2_foreground_weight: float = 4.0
+    stage2_data: str = "clips"
+    stage2_trajectory_prompts: int = 16
+    stage2_trajectory_refresh: int = 25
 
     def __post_init__(self) -> None:
         require_int("chunk_frames", self.chunk_frames, low=1, high=64)
@@ -85,6 +94,10 @@ class StudentRecipe:
         if self.stage2_target not in STAGE2_TARGETS:
             raise ValueError(f"stage2_target must be one of {STAGE2_TARGETS}; got {self.stage2_target!r}")
         require_real("stage2_foreground_weight", self.stage2_foreground_weight, low=0.0, high=100.0)
+        if self.stage2_data not in STAGE2_DATA:
+            raise ValueError(f"stage2_data must be one of {STAGE2_DATA}; got {self.stage2_data!r}")
+        require_int("stage2_trajectory_prompts", self.stage2_trajectory_prompts, low=1, high=100_000)
+        require_int("stage2_trajectory_refresh", self.stage2_trajectory_refresh, low=1, high=1_000_000)
 
     @property
     def conversion(self) -> ConversionConfig:
@@ -96,12 +109,16 @@ class StudentRecipe:
         """A rough CPU time of both stages on one core of the CI machine (embedded teacher).
 
         Measured: ~0.2 s per stage-1 step; ~1.5 s per stage-2 step of 4 clips of 48 frames (×1.3
-        with the teacher's velocity as the target: one more forward without gradients).
+        with the teacher's velocity as the target: one more forward without gradients); on the
+        student's trajectories, ~6 s per 48-frame trajectory of 20 guided steps on top.
         """
         frames = self.stage2_frames or 16
         stage2 = self.stage2_steps * stage2_step * (self.stage2_batch / 4) * (frames / 48)
-        if self.stage2_target == "teacher":
+        if self.stage2_target == "teacher" or self.stage2_data == "trajectories":
             stage2 *= 1.3
+        if self.stage2_data == "trajectories":
+            refreshes = -(-self.stage2_steps // self.stage2_trajectory_refresh)
+            stage2 += refreshes * self.stage2_trajectory_prompts * 6.0 * (frames / 48)
         return self.stage1_steps * stage1_step + stage2
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ..training.dataset import LatentDataset
 from ..training.finetune import FinetuneConfig, finetune
 from ..training.flow_matching import FlowMatchingConfig
 from ..training.trainable import Trainable, phi_parameter_names, select_trainable
+from .onpolicy import run_stage2_on_trajectories
 from .recipe import STAGE2_FIRST_SEED, StudentRecipe
 
 Progress = Callable[[str, int, int, float], None]
@@ -142,8 +143,11 @@ def run_stage2(
 
     ``teacher`` (the softmax teacher) is needed when ``recipe.stage2_target == "teacher"``.
     """
-    if recipe.stage2_target == "teacher" and teacher is None:
-        raise ValueError("stage2_target='teacher' needs the softmax teacher (teacher=None was given)")
+    if (recipe.stage2_target == "teacher" or recipe.stage2_data == "trajectories") and teacher is None:
+        raise ValueError("stage 2 with the teacher's velocity as target needs the softmax teacher "
+                         "(teacher=None was given)")
+    if recipe.stage2_data == "trajectories":
+        return run_stage2_on_trajectories(stage1, teacher, recipe, lora_only, progress)
     student = copy.deepcopy(stage1)
     dataset = generator_dataset(student, work_dir / "stage2_clips", recipe)
     settings = FinetuneConfig(

@@ -1,0 +1,117 @@
+"""Stage 2 on the student's own sampling trajectories (``StudentRecipe.stage2_data="trajectories"``).
+
+The clip-based stage 2 noises generator clips and regresses the softmax teacher's velocity there —
+states a sampler of the *teacher* would visit. At 4× length a chunk-causal student drifts off those
+states: a chunk's layout is decided early, and at a chunk boundary it may be placed anew. Here the
+inputs are the states the **student itself** visits (on-policy): a buffer of its classifier-free
+guided Euler trajectories (the teacher's sampling settings) on generator prompts, refreshed with the
+current adapters every ``stage2_trajectory_refresh`` steps; each step regresses the teacher's
+velocity at ``stage2_batch`` states drawn from it, so the student learns how the teacher would carry
+on from where the student actually is. Loss weights: the shape-covering pixels of the teacher's
+clean estimate ``x − σ·v`` weigh ``1 + stage2_foreground_weight``. Only the LoRA adapters train.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..teacher.model import Teacher, latent_to_pixels
+from ..teacher.shapes import generate_clip
+from ..teacher.train import content_weight
+from ..training.flow_matching import sampling_sigmas, sigma_to_timestep
+from .recipe import STAGE2_FIRST_SEED, StudentRecipe
+
+State = tuple[Tensor, float, str]  # (x at σ (1, C, T, h, w), σ, prompt)
+
+
+@torch.no_grad()
+def student_trajectory(student: Teacher, prompt: str, seed: int, frames: int) -> list[State]:
+    """The student's CFG Euler trajectory from the seed's noise: ``(x, σ, prompt)`` before every step."""
+    sampling = student.config.sampling
+    sigmas = sampling_sigmas(sampling.steps, sampling.shift)
+    context = student.encode([prompt, ""])  # (2, L, D): prompt, empty prompt
+    x = student.initial_noise(frames, seed)  # (1, C, T, h, w)
+    states: list[State] = []
+    for i in range(sampling.steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        states.append((x.clone(), float(sigma), prompt))
+        t = sigma_to_timestep(sigma.expand(2))
+        v_pos, v_neg = student.dit(x.repeat(2, 1, 1, 1, 1), t, context).chunk(2)
+        x = x + float(sigma_next - sigma) * (v_neg + sampling.guidance * (v_pos - v_neg))
+    return states
+
+
+def run_stage2_on_trajectories(
+    stage1: Teacher,
+    teacher: Teacher,
+    recipe: StudentRecipe,
+    attach_lora: Callable[[torch.nn.Module, int], Any],
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> tuple[Teacher, dict[str, Any]]:
+    """Fine-tune a copy of ``stage1`` (LoRA from ``attach_lora``, φ frozen) on its own trajectories."""
+    student = copy.deepcopy(stage1)
+    dit = student.dit
+    torch.manual_seed(recipe.stage2_seed)  # the adapters' initialisation
+    trainable = attach_lora(dit, recipe.lora_rank)
+    optimizer = torch.optim.AdamW(list(trainable.parameters.values()), lr=recipe.stage2_lr, weight_decay=0.0)
+    rng = random.Random(recipe.stage2_seed)
+    frames = recipe.stage2_frames or teacher.config.clip.frames
+    fold = teacher.config.fold
+    buffer: list[State] = []
+    next_prompt, losses = 0, []
+    for step in range(recipe.stage2_steps):
+        if step % recipe.stage2_trajectory_refresh == 0:  # on-policy: states of the current adapters
+            dit.eval()
+            buffer = []
+            for _ in range(recipe.stage2_trajectory_prompts):
+                seed = STAGE2_FIRST_SEED + next_prompt
+                prompt = generate_clip(seed, teacher.config.clip, frames=teacher.config.clip.frames).prompt
+                buffer.extend(student_trajectory(student, prompt, seed, frames))
+                next_prompt += 1
+        picks = [buffer[rng.randrange(len(buffer))] for _ in range(recipe.stage2_batch)]
+        x = torch.cat([p[0] for p in picks])  # (B, C, T, h, w)
+        sigma = torch.tensor([p[1] for p in picks])
+        every = recipe.empty_prompt_every
+        prompts = ["" if every and rng.randrange(every) == 0 else p[2] for p in picks]
+        context = teacher.encode(prompts)
+        t = sigma_to_timestep(sigma)
+        with torch.no_grad():
+            target = teacher.dit(x, t, context)
+            clean = x - sigma.view(-1, 1, 1, 1, 1) * target  # the teacher's x0 estimate
+            weight = content_weight(latent_to_pixels(clean, fold).clamp(-1, 1),
+                                    recipe.stage2_foreground_weight, fold)
+        dit.train()
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.stage2_lr * min(1.0, (step + 1) / max(recipe.stage2_warmup, 1))
+        prediction = dit(x, t, context)
+        loss = ((prediction.float() - target.float()) ** 2 * weight).sum() / weight.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress("stage 2", step + 1, recipe.stage2_steps, losses[-1])
+    dit.eval().requires_grad_(False)
+    report = {
+        "trainable": "LoRA on every block linear (φ frozen at stage 1)",
+        "target": "the softmax teacher's velocity at the student's own sampling states",
+        "data": f"the student's CFG Euler trajectories ({student.config.sampling.steps} steps) on "
+        f"{recipe.stage2_trajectory_prompts} generator prompts from seed {STAGE2_FIRST_SEED}, refreshed "
+        f"every {recipe.stage2_trajectory_refresh} steps",
+        "foreground_weight": recipe.stage2_foreground_weight,
+        "trained_parameters": trainable.count,
+        "prompts": next_prompt,
+        "first_losses": losses[:5],
+        "last_losses": losses[-5:],
+        "loss_curve": losses,
+    }
+    return student.eval(), report
+
+
+__all__ = ["run_stage2_on_trajectories", "student_trajectory"]
