@@ -21,7 +21,7 @@ from ..models.wan_layers import pad_to_patch, sinusoidal_embedding
 from ..ops import RecurrentState
 from ..recurrent_dit import run_chunked_forward
 from ..streaming.driver import StreamContext
-from ..streaming.prompt_schedule import SCHEDULES_OPTION, scheduled_context
+from ..streaming.prompt_schedule import SCHEDULES_OPTION, schedule_picks, scheduled_context
 
 RUN_KEY = "rehyat_run"  # transformer_options entry read by the attention layers
 
@@ -93,10 +93,11 @@ class ComfyWanChunks:
     def context_for(self, frame_start: int) -> Tensor:
         """The embedded cross-attention input of the chunk starting at latent frame ``frame_start``
         (a prompt schedule picks each conditioning's entry; embedded once per distinct pick)."""
-        text, picks = scheduled_context(self._text, self._schedules, frame_start)
-        if text is self._text:
+        picks = schedule_picks(self._schedules, frame_start)  # every block of a chunk asks: no tensors here
+        if all(p <= 0 for p in picks):
             return self.context
         if picks not in self._contexts:
+            text, _ = scheduled_context(self._text, self._schedules, frame_start)
             self._contexts[picks] = self._embed(text)
         return self._contexts[picks]
 

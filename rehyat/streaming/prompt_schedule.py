@@ -86,6 +86,12 @@ def _fit(embedding: Tensor, rows: int, length: int, like: Tensor) -> Tensor:
     return out.repeat(1, length // embedding.shape[1], 1)  # (rows, L, C)
 
 
+def schedule_picks(schedules: Sequence[PromptSchedule | None], latent_frame: int) -> tuple[int, ...]:
+    """The entry each conditioning block uses for the chunk starting at ``latent_frame`` (-1: none);
+    all ≤ 0 means the call's own context applies unchanged."""
+    return tuple(-1 if s is None else s.entry_for(latent_frame) for s in schedules)
+
+
 def scheduled_context(context: Tensor, schedules: Sequence[PromptSchedule | None], latent_frame: int,
                       ) -> tuple[Tensor, tuple[int, ...]]:
     """The cross-attention input of a model call for the chunk starting at ``latent_frame``.
@@ -101,7 +107,7 @@ def scheduled_context(context: Tensor, schedules: Sequence[PromptSchedule | None
         raise ValueError(f"model batch {context.shape[0]} is not a multiple of its {len(schedules)} "
                          "conditionings")
     rows = context.shape[0] // len(schedules)
-    picks = tuple(-1 if s is None else s.entry_for(latent_frame) for s in schedules)
+    picks = schedule_picks(schedules, latent_frame)
     if all(p <= 0 for p in picks):
         return context, picks
     blocks = list(context.split(rows))
@@ -126,4 +132,4 @@ def schedules_of(conds: dict) -> dict:
 
 
 __all__ = ["SCHEDULES_OPTION", "SCHEDULE_KEY", "PromptSchedule", "chunk_boundaries",
-           "chunk_first_video_frame", "scheduled_context", "schedules_of"]
+           "chunk_first_video_frame", "schedule_picks", "scheduled_context", "schedules_of"]
