@@ -79,9 +79,17 @@ class ReHyAtPromptSchedule(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        """conditioning_1, then optional conditioning_k with start_frame_k (video frames) → CONDITIONING."""
-        inputs: list[Any] = [io.Conditioning.Input(
-            "conditioning_1", tooltip="the prompt from the first frame on (alone: passed through unchanged)")]
+        """conditioning_1 (start_frame_1 = 0), then optional conditioning_k + start_frame_k → CONDITIONING."""
+        inputs: list[Any] = [
+            io.Conditioning.Input(
+                "conditioning_1",
+                tooltip="the prompt from the first frame on (alone: passed through unchanged)",
+            ),
+            io.Int.Input("start_frame_1", default=0, min=0, max=MAX_START, optional=True,
+                         tooltip="video frame at which conditioning_1 starts: always 0 (the first prompt "
+                         "covers the clip from its first frame; later prompts take over at their own "
+                         "start frames)"),
+        ]
         for k in range(2, ENTRIES + 1):
             inputs.append(io.Conditioning.Input(f"conditioning_{k}", optional=True,
                                                 tooltip=f"optional: the prompt from start_frame_{k} on"))
@@ -103,10 +111,15 @@ class ReHyAtPromptSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, conditioning_1, conditioning_2=None, start_frame_2=DEFAULT_STARTS[2],
+    def execute(cls, conditioning_1, start_frame_1=0, conditioning_2=None, start_frame_2=DEFAULT_STARTS[2],
                 conditioning_3=None, start_frame_3=DEFAULT_STARTS[3], conditioning_4=None,
                 start_frame_4=DEFAULT_STARTS[4]) -> io.NodeOutput:
         """Build the schedule from the connected prompts (in input order)."""
+        if int(start_frame_1) != 0:
+            raise ValueError(
+                f"start_frame_1 must be 0: the first prompt covers the clip from its first frame; got "
+                f"{start_frame_1} — to change the prompt later, connect conditioning_2 and set start_frame_2"
+            )
         entries = [(0, conditioning_1)]
         for cond, start in ((conditioning_2, start_frame_2), (conditioning_3, start_frame_3),
                             (conditioning_4, start_frame_4)):

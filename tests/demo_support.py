@@ -27,7 +27,8 @@ def make_tiny_student(folder: Path) -> Path:
 
     teacher = load_teacher()
     recipe = StudentRecipe(
-        stage1_steps=2, stage1_trajectory_steps=2, stage2_steps=2, stage2_batch=1, stage2_clips=4
+        stage1_steps=2, stage1_trajectory_steps=2, stage2_steps=2, stage2_batch=1, stage2_clips=4,
+        stage2_trajectory_prompts=1, stage2_frames=16,  # the shipped on-policy stage 2, one short trajectory
     )
     result = train_student(teacher, recipe, log=lambda line: None)
     save_student(result.stage1, result.student, folder, result.report)

@@ -40,7 +40,8 @@ def check_panels(metrics: dict, lengths: tuple[int, ...]) -> None:
 
 def test_retrain_runs_both_stages_live_and_writes_every_artefact(tmp_path, capsys):
     out = tmp_path / "demo"
-    live = ["--retrain", "--distill-steps", "2", "--distill-trajectory-steps", "2", "--finetune-steps", "1"]
+    live = ["--retrain", "--distill-steps", "2", "--distill-trajectory-steps", "2", "--finetune-steps", "1",
+            "--finetune-data", "clips"]
     chunking = ["--chunk-frames", "2", "--overlap-frames", "1"]
     assert main(["demo", "--output", str(out), *live, *chunking, *TINY]) == 0
     captured = capsys.readouterr()
@@ -54,6 +55,7 @@ def test_retrain_runs_both_stages_live_and_writes_every_artefact(tmp_path, capsy
     assert metrics["distillation"]["steps"] == 2
     assert metrics["student"]["source"] == "retrained"
     assert metrics["student"]["report"]["recipe"]["stage2_steps"] == 1
+    assert metrics["student"]["report"]["recipe"]["stage2_data"] == "clips"
     assert set(metrics["fidelity_vs_teacher"]) >= {"psnr_db", "ssim", "psnr_per_frame_db", "temporal_flicker"}
     assert len(metrics["fidelity_vs_teacher"]["psnr_per_frame_db"]) == 6
     for pinned in ("content", "generation", "shape_detection"):

@@ -504,6 +504,8 @@ def test_fidelity_rows_of_a_shipped_student_and_its_budgets(tmp_path):
         stage2_steps=2,
         stage2_batch=2,
         stage2_clips=4,
+        stage2_trajectory_prompts=1,
+        stage2_frames=16,
     )
     result = train_student(load_teacher(), recipe, log=lambda _: None, work_dir=tmp_path / "stage2")
     folder = tmp_path / "student"
@@ -536,10 +538,23 @@ def test_fidelity_rows_of_a_shipped_student_and_its_budgets(tmp_path):
     assert "shipped stage-1 φ" in summary["attention_error"]["cases"]
     doc = (tmp_path / "out" / "fidelity.md").read_text()
     assert "shipped student (stage 1 + 2)" in doc and "shipped stage-1 φ only" in doc
-    assert "Stage 2 (flow-matching fine-tune): 2 steps × batch 2 on 4 generator clips" in doc
+    assert ("Stage 2 (fine-tune on its own trajectories): 2 steps × batch 2 on the student's own guided "
+            "sampling states (1 generator prompts of 16 frames") in doc
     assert "Stage 1 (φ distillation): 2 steps on 3 generator prompts" in doc
     assert "no seed-to-seed spread" in doc  # one φ seed: said, not hidden
     _check_calibrated_sections(summary, doc, phi_seeds=1)
+
+
+def test_student_budgets_name_the_stage2_data():
+    from rehyat.fidelity.report_sections import _budget_text
+    from rehyat.student import StudentRecipe
+
+    clips = {"lora": {"recipe": StudentRecipe(stage2_data="clips").to_dict()}}
+    assert "Stage 2 (flow-matching fine-tune): 300 steps × batch 4 on 512 generator clips of 48 frames" in (
+        "\n".join(_budget_text(clips))
+    )
+    own = "\n".join(_budget_text({"lora": {"recipe": StudentRecipe().to_dict()}}))
+    assert "on the student's own guided sampling states (16 generator prompts of 48 frames" in own
 
 
 def test_new_options_are_validated_and_reach_the_cli():

@@ -150,10 +150,14 @@ def test_samplers_that_cannot_change_the_prompt_refuse_it(setup):
 def test_node_inputs_and_refusals(setup):
     schema = setup.node.define_schema()
     pairs = [f"{kind}_{k}" for k in (2, 3, 4) for kind in ("conditioning", "start_frame")]
-    expected = ["conditioning_1", *pairs]
+    expected = ["conditioning_1", "start_frame_1", *pairs]
     assert [i.id for i in schema.inputs] == expected
     assert schema.category == "ReHyAt/sampling" and all(i.tooltip for i in schema.inputs)
-    assert "chunk boundary" in schema.inputs[2].tooltip
+    assert "chunk boundary" in schema.inputs[3].tooltip
+    one = setup.node.execute(conditioning_1=setup.a, start_frame_1=0).result[0]
+    assert one is setup.a  # start_frame_1 = 0 is the plain conditioning
+    with pytest.raises(ValueError, match="start_frame_1 must be 0"):
+        setup.node.execute(conditioning_1=setup.a, start_frame_1=9, conditioning_2=setup.b, start_frame_2=21)
     with pytest.raises(ValueError, match="start_frame_3 must be after"):
         setup.node.execute(conditioning_1=setup.a, conditioning_2=setup.b, start_frame_2=20,
                            conditioning_3=setup.b, start_frame_3=10)

@@ -42,7 +42,7 @@ TINY = TeacherConfig(
 )
 TINY_RECIPE = StudentRecipe(
     stage1_steps=3, stage1_prompts=3, stage1_trajectory_steps=2,
-    stage2_steps=2, stage2_batch=2, stage2_clips=4,
+    stage2_steps=2, stage2_batch=2, stage2_clips=4, stage2_data="clips",  # on-policy: its own test below
 )
 
 
@@ -158,7 +158,7 @@ def test_stage2_recipe_choices_are_checked_and_recorded(trained):
         StudentRecipe(stage2_target="videos")
     with pytest.raises(ValueError, match="stage2_foreground_weight"):
         StudentRecipe(stage2_foreground_weight=-1.0)
-    assert StudentRecipe().stage2_target == "teacher"
+    assert StudentRecipe().stage2_target == "teacher" and StudentRecipe().stage2_data == "trajectories"
     stage2 = trained.report["stage2"]
     assert stage2["target"] == "the softmax teacher's velocity"
     assert stage2["foreground_weight"] == TINY_RECIPE.stage2_foreground_weight

@@ -32,6 +32,7 @@ from ..atomic import atomic_write_bytes
 from ..config import require_int
 from ..metrics import psnr_clip, psnr_per_frame, ssim_clip, temporal_flicker
 from ..models.wan_rehyat import save_phi
+from ..student.recipe import STAGE2_DATA
 from ..teacher.analysis import attention_temporal_structure
 from ..teacher.evaluate import detect, score_clip
 from ..teacher.model import ASSETS, SamplingConfig, Teacher, load_teacher
@@ -69,6 +70,7 @@ class DemoConfig:
         measure_lengths: clip lengths of the time/memory sweep (default: 1×, 2×, 4× training, and ``length``).
         retrain: train both stages of the student live (:func:`rehyat.student.train_student`).
         finetune_steps: stage-2 fine-tune steps of ``retrain`` (default: the recipe's; 0: stage 1 only).
+        finetune_data: stage-2 inputs of ``retrain``, "trajectories" or "clips" (default: the recipe's).
         student_dir: the student's files (default: ``teacher_dir`` or the package's).
         repeats: timed runs per model and length in the time/memory sweep (the median is reported).
     """
@@ -88,6 +90,7 @@ class DemoConfig:
     measure_lengths: tuple[int, ...] | None = None
     retrain: bool = False
     finetune_steps: int | None = None
+    finetune_data: str | None = None
     student_dir: str | None = None
     repeats: int = 5
 
@@ -108,6 +111,8 @@ class DemoConfig:
             if getattr(self, name) is not None:
                 require_int(name, getattr(self, name), low=low, high=high)
         require_int("repeats", self.repeats, low=1, high=100)
+        if self.finetune_data is not None and self.finetune_data not in STAGE2_DATA:
+            raise ValueError(f"finetune_data must be one of {STAGE2_DATA}; got {self.finetune_data!r}")
         if self.measure_lengths is not None:
             for n in self.measure_lengths:
                 require_int("measure_lengths[i]", n, low=1, high=4096)

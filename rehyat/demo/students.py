@@ -23,6 +23,7 @@ RETRAIN_ONLY = {  # DemoConfig field → (CLI option, StudentRecipe field)
     "distill_trajectory_steps": ("--distill-trajectory-steps", "stage1_trajectory_steps"),
     "distill_prompts": ("distill_prompts", "stage1_prompts"),
     "finetune_steps": ("--finetune-steps", "stage2_steps"),
+    "finetune_data": ("--finetune-data", "stage2_data"),
 }
 
 

@@ -270,12 +270,22 @@ def _budget_text(budgets: dict[str, Any]) -> list[str]:
             f"{recipe.get('stage1_lr')}, φ seed {recipe.get('phi_seed')}, Tc={recipe.get('chunk_frames')} "
             f"To={recipe.get('overlap_frames')}."
         )
+        frames = recipe.get("stage2_frames") or "training-length"
+        if recipe.get("stage2_data") == "trajectories":
+            data = (
+                f"the student's own guided sampling states ({recipe.get('stage2_trajectory_prompts')} "
+                f"generator prompts of {frames} frames per buffer, refreshed every "
+                f"{recipe.get('stage2_trajectory_refresh')} steps; target: the softmax teacher's velocity)"
+            )
+            kind = "fine-tune on its own trajectories"
+        else:
+            data = f"{recipe.get('stage2_clips')} generator clips of {frames} frames"
+            kind = "flow-matching fine-tune"
         lines.append(
-            f"- Stage 2 (flow-matching fine-tune): {recipe.get('stage2_steps')} steps × batch "
-            f"{recipe.get('stage2_batch')} on {recipe.get('stage2_clips')} generator clips, LoRA rank "
-            f"{recipe.get('lora_rank')} ({(lora.get('stage2') or {}).get('trainable', 'LoRA')}), lr "
-            f"{recipe.get('stage2_lr')}, warm-up {recipe.get('stage2_warmup')}, seed "
-            f"{recipe.get('stage2_seed')}."
+            f"- Stage 2 ({kind}): {recipe.get('stage2_steps')} steps × batch {recipe.get('stage2_batch')} "
+            f"on {data}, LoRA rank {recipe.get('lora_rank')} "
+            f"({(lora.get('stage2') or {}).get('trainable', 'LoRA')}), lr {recipe.get('stage2_lr')}, "
+            f"warm-up {recipe.get('stage2_warmup')}, seed {recipe.get('stage2_seed')}."
         )
         seconds = lora.get("seconds") or {}
         if seconds:

@@ -39,9 +39,10 @@ class StudentRecipe:
         stage2_seed: seed of the data order, noise, σ and LoRA initialisation.
         empty_prompt_every: every n-th stage-2 clip has the empty prompt (keeps CFG's unconditional
             branch trained; 0: never).
-        stage2_data: "clips": noised generator clips (the teacher's training distribution);
-            "trajectories": the student's own sampling states, refreshed as it trains
-            (:mod:`rehyat.student.onpolicy`; the target is then always the teacher's velocity).
+        stage2_data: "trajectories" (shipped): the student's own guided sampling states, refreshed
+            as it trains (:mod:`rehyat.student.onpolicy`; the target is then always the teacher's
+            velocity) — measured at 64 frames: continuity 72.3 → 83 %, seam 1.75 → 1.56;
+            "clips": noised generator clips (the teacher's training distribution; ≈ 3× faster).
         stage2_trajectory_prompts, stage2_trajectory_refresh: with "trajectories", the prompts of
             one buffer of trajectories and the steps between refreshes.
         stage2_target: "teacher": regress the softmax teacher's velocity on the noised clip (the
@@ -69,7 +70,7 @@ class StudentRecipe:
     empty_prompt_every: int = 10
     stage2_target: str = "teacher"
     stage2_foreground_weight: float = 4.0
-    stage2_data: str = "clips"
+    stage2_data: str = "trajectories"
     stage2_trajectory_prompts: int = 16
     stage2_trajectory_refresh: int = 25
 

@@ -1,13 +1,15 @@
 """Both stages of the ReHyAt conversion of the embedded teacher, run live.
 
 Stage 1 distils φ of every block against the softmax teacher on its own sampling trajectories
-(:func:`rehyat.teacher.distillation.distil_on_teacher`; only φ trains). Stage 2 fine-tunes the
-converted model with the flow-matching loss (:func:`rehyat.training.finetune.finetune`) on clips of
-the teacher's training distribution — the procedural generator's clips, the "videos" of this world —
-training LoRA adapters on every linear of the transformer blocks while φ stays at its stage-1 values.
-By default the regression target is the softmax teacher's velocity on the same noised clip instead
-of noise − x0 (same minimiser, much lower variance; ``StudentRecipe.stage2_target``), and the pixels a
-shape covers weigh 5× as in the teacher's own training (``stage2_foreground_weight``).
+(:func:`rehyat.teacher.distillation.distil_on_teacher`; only φ trains). Stage 2 fine-tunes LoRA
+adapters on every linear of the transformer blocks while φ stays at its stage-1 values. By default
+(``StudentRecipe.stage2_data="trajectories"``, :mod:`rehyat.student.onpolicy`) it regresses the
+softmax teacher's velocity at the states the student's own guided sampler visits; with ``"clips"``
+it uses the flow-matching loss (:func:`rehyat.training.finetune.finetune`) on clips of the teacher's
+training distribution — the procedural generator's clips, the "videos" of this world — with the
+teacher's velocity on the same noised clip as the target (``stage2_target``; same minimiser as
+noise − x0, much lower variance). Either way the pixels a shape covers weigh 5× as in the teacher's
+own training (``stage2_foreground_weight``).
 Why LoRA with φ frozen: stage 2 must recover what causality costs (the first chunk sees no future),
 which lives in the block weights, not in φ; and the adapters are ~1/20 of the model, so the shipped
 student (stage-1 φ + adapters) stays within the assets' size budget.
