@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -28,9 +29,11 @@ from rehyat.fidelity.report import (
     t_critical,
     trends,
 )
+from rehyat.fidelity.report_sections import threads_text
 from rehyat.fidelity.run import FidelityConfig, run_fidelity, selected_cases, summarise
 from rehyat.flops import rehyat_attention_flops, softmax_attention_flops
 from rehyat.teacher.distillation import generator_prompts, scene_key
+from rehyat.teacher.model import ASSETS
 from rehyat.teacher.shapes import generate_clip
 
 TINY = dict(
@@ -267,6 +270,21 @@ def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_
 
     with pytest.raises(ValueError, match=r"other settings \(distill_steps\)"):
         run_fidelity(FidelityConfig(**{**config.__dict__, "distill_steps": 3}), log=lambda _: None)
+    # The same weights sampled with another shift are another teacher for every stored clip.
+    other = tmp_path / "teacher_shift_3"
+    other.mkdir()
+    for name in ("teacher_dit.safetensors", "teacher_text_encoder.safetensors"):
+        shutil.copyfile(ASSETS / name, other / name)
+    record = json.loads((ASSETS / "teacher.json").read_text())
+    record["config"]["sampling"]["shift"] = 3.0
+    (other / "teacher.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"other settings \(sampling\)"):
+        run_fidelity(FidelityConfig(**{**config.__dict__, "teacher_dir": str(other)}), log=lambda _: None)
+
+
+def test_threads_text_counts_threads():
+    assert threads_text(1) == "1 thread" and threads_text(2) == "2 threads"
+    assert threads_text(None) == "? threads" and threads_text(True) == "? threads"
 
 
 def test_fidelity_cli_refuses_bad_options():

@@ -6,7 +6,7 @@ the states the student's own guided sampler visits, regressing the softmax teach
 (shapes weighted 5×; ``--stage2-data clips`` uses noised generator clips instead). ``--export DIR``
 writes the student's files — ``teacher_phi.safetensors`` (stage-1 φ, fp16) and
 ``student_lora.safetensors`` (ComfyUI LoRA format, fp16) — atomically; existing files are replaced
-only with ``--overwrite``. The shipped files are exactly ``python -m rehyat train-student --threads 2
+only with ``--overwrite``. The shipped files are exactly ``python -m rehyat train-student --threads 1
 --export rehyat/assets --overwrite`` (the LoRA's metadata records the command, budgets, losses and
 seconds).
 """

@@ -20,6 +20,13 @@ from .calibration import ROWS as CALIBRATION_ORDER
 from .shipped import STAGE1, STUDENT
 
 
+def threads_text(count: object) -> str:
+    """``"1 thread"``, ``"2 threads"``; ``"? threads"`` when the count is unknown."""
+    if isinstance(count, int) and not isinstance(count, bool):
+        return f"{count} thread" + ("" if count == 1 else "s")
+    return "? threads"
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -292,7 +299,7 @@ def _budget_text(budgets: dict[str, Any]) -> list[str]:
             lines.append(
                 "- Training time: "
                 + ", ".join(f"{k} {v} s" for k, v in seconds.items())
-                + f" ({lora.get('threads', '?')} threads)."
+                + f" ({threads_text(lora.get('threads'))})."
             )
     elif phi:
         stage1 = phi.get("recipe") or phi

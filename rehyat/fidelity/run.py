@@ -178,7 +178,12 @@ def run_fidelity(config: FidelityConfig, log: Callable[[str], None] = print) -> 
     eval_prompts = generator_prompts(config.clips, first_seed=config.eval_seed, exclude=distill_prompts)
     eval_set = [(p, config.eval_seed + i) for i, p in enumerate(eval_prompts)]
     # The prompts are part of what every stored result depends on (the generator could change).
-    _check_settings(work, config, teacher, {"distill_prompts": distill_prompts, "eval_prompts": eval_prompts})
+    _check_settings(
+        work,
+        config,
+        teacher,
+        {"distill_prompts": distill_prompts, "eval_prompts": eval_prompts, "sampling": asdict(sampling)},
+    )
     log(
         f"fidelity: {len(cases)} cases, {config.clips} held-out clips of {train_frames} frames "
         f"and {config.long_clips} of {long_frames}, work folder {work}"

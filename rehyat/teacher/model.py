@@ -60,10 +60,15 @@ def teacher_dit_config() -> WanDiTConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the teacher generates: Euler steps on the flow, its shift, and CFG."""
+    """How the teacher generates: Euler steps on the flow, its shift, and CFG.
+
+    ``shift`` 6 spends more of the 20 steps at high noise, where layout and motion are decided: on 48
+    validation pairs (seeds 6,000,000 on, not the held-out ones) continuous motion rose from 94.7 % at
+    shift 3 / 4 to 95.1 / 95.7 / 95.4 % at shift 5 / 6 / 8 (30 steps at shift 5: 95.3 %).
+    """
 
     steps: int = 20
-    shift: float = 3.0
+    shift: float = 6.0
     guidance: float = 3.0
 
     def __post_init__(self) -> None:
