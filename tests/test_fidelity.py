@@ -271,12 +271,12 @@ def test_fidelity_command_on_the_reduced_grid_writes_everything_and_resumes(tmp_
     with pytest.raises(ValueError, match=r"other settings \(distill_steps\)"):
         run_fidelity(FidelityConfig(**{**config.__dict__, "distill_steps": 3}), log=lambda _: None)
     # The same weights sampled with another shift are another teacher for every stored clip.
-    other = tmp_path / "teacher_shift_3"
+    other = tmp_path / "teacher_other_shift"
     other.mkdir()
     for name in ("teacher_dit.safetensors", "teacher_text_encoder.safetensors"):
         shutil.copyfile(ASSETS / name, other / name)
     record = json.loads((ASSETS / "teacher.json").read_text())
-    record["config"]["sampling"]["shift"] = 3.0
+    record["config"]["sampling"]["shift"] += 1.0
     (other / "teacher.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"other settings \(sampling\)"):
         run_fidelity(FidelityConfig(**{**config.__dict__, "teacher_dir": str(other)}), log=lambda _: None)

@@ -383,7 +383,7 @@ def _share(value: float | None) -> str:
 
 
 def _teacher_facts(summary: dict[str, Any]) -> dict[str, Any]:
-    """Blocks, heads, width, tokens per frame, frame size and sampling steps of the run's teacher."""
+    """Blocks, heads, width, tokens per frame, frame size, sampling steps and shift of the run's teacher."""
     config = summary["teacher"].get("config", {})
     dit, clip = config.get("dit", {}), config.get("clip", {})
     size = clip.get("size", 32)
@@ -396,6 +396,7 @@ def _teacher_facts(summary: dict[str, Any]) -> dict[str, Any]:
         "tokens": (size // math.isqrt(dit.get("in_dim", 12) // 3) // patch) ** 2,
         "size": size,
         "steps": steps,
+        "shift": config.get("sampling", {}).get("shift", "?"),
     }
 
 
@@ -435,8 +436,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- **Held out**: {len(summary['eval_set'])} prompts whose scenes the distillation never saw (also "
         "not as the same shapes in another order), each with its own noise seed; every case and the "
         f"teacher generate from the same prompt and seed ({facts['steps']} Euler steps, the teacher's "
-        f"guidance). The first {settings['long_clips']} also at {long} frames ({settings['long_factor']}× "
-        "the training length).",
+        f"shift {facts['shift']} and guidance). The first {settings['long_clips']} also at {long} "
+        f"frames ({settings['long_factor']}× the training length).",
         "- **Against the teacher**: PSNR of the [0, 1] RGB clips; cosine of the clips' RGB (black = 0, so "
         "the shapes dominate); flicker ratio = mean frame-to-frame change over the teacher's (1 = as "
         "steady); seam ratio = mean per-frame error on the two frames around each chunk boundary over the "
