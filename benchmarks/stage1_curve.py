@@ -6,7 +6,8 @@ held-out teacher trajectories (:func:`rehyat.student.attention_error.attention_e
 the untrained φ, the windowed softmax (no linear part) and the exact block-causal softmax oracle.
 Trained φ are kept in ``--work`` (a rerun reuses them), the JSON goes to stdout and ``--out``.
 
-    python benchmarks/stage1_curve.py --budgets 50 100 200 400 800 --seeds 0 1 2 --out docs/stage1_curve.json
+    python benchmarks/stage1_curve.py --budgets 50 100 200 400 800 1600 --seeds 0 1 2 \
+        --out docs/stage1_curve.json
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from rehyat.teacher.model import load_teacher
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200, 400, 800])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200, 400, 800, 1600])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trajectories", type=int, default=32, help="held-out trajectories scored")
     parser.add_argument("--work", default="rehyat_runs/stage1_curve", help="folder of the trained φ")

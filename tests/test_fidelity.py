@@ -567,7 +567,7 @@ def test_student_budgets_name_the_stage2_data():
     from rehyat.fidelity.report_sections import _budget_text
     from rehyat.student import StudentRecipe
 
-    clips = {"lora": {"recipe": StudentRecipe(stage2_data="clips").to_dict()}}
+    clips = {"lora": {"recipe": StudentRecipe(stage2_data="clips", stage2_steps=300).to_dict()}}
     assert "Stage 2 (flow-matching fine-tune): 300 steps × batch 4 on 512 generator clips of 48 frames" in (
         "\n".join(_budget_text(clips))
     )

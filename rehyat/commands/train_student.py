@@ -22,16 +22,25 @@ HELP = "run both ReHyAt stages (φ distillation, LoRA fine-tune) on the embedded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train-student`` options."""
+    """The ``train-student`` options (defaults shown from :class:`rehyat.student.StudentRecipe`)."""
+    from ..student.recipe import StudentRecipe
+
+    recipe = StudentRecipe()
     parser.add_argument("--teacher-dir", default=None, help="teacher files (default: the shipped ones)")
-    parser.add_argument("--stage1-steps", type=int, default=None, help="φ distillation steps (default 400)")
     parser.add_argument(
-        "--stage2-steps", type=int, default=None, help="fine-tune steps, 0: none (default 300)"
+        "--stage1-steps", type=int, default=None,
+        help=f"φ distillation steps (default {recipe.stage1_steps})",
     )
-    parser.add_argument("--phi-seed", type=int, default=None, help="seed of φ's initialisation (default 0)")
+    parser.add_argument(
+        "--stage2-steps", type=int, default=None,
+        help=f"fine-tune steps, 0: none (default {recipe.stage2_steps})",
+    )
+    parser.add_argument(
+        "--phi-seed", type=int, default=None, help=f"seed of φ's initialisation (default {recipe.phi_seed})"
+    )
     parser.add_argument(
         "--stage2-seed", type=int, default=None,
-        help="seed of stage 2's data order, noise and LoRA initialisation (default 0)",
+        help=f"seed of stage 2's data order, noise and LoRA initialisation (default {recipe.stage2_seed})",
     )
     parser.add_argument(
         "--stage2-data", choices=("clips", "trajectories"), default=None,

@@ -54,12 +54,12 @@ class StudentRecipe:
 
     chunk_frames: int = 3
     overlap_frames: int = 1
-    stage1_steps: int = 400
+    stage1_steps: int = 800
     stage1_prompts: int = 24
     stage1_trajectory_steps: int = 10
     stage1_lr: float = 1e-3
     phi_seed: int = 0
-    stage2_steps: int = 300
+    stage2_steps: int = 600
     stage2_batch: int = 4
     stage2_clips: int = 512
     stage2_frames: int | None = 48
