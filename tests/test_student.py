@@ -400,3 +400,14 @@ def test_stage2_on_the_students_own_trajectories(tiny_teacher, trained):
     with pytest.raises(ValueError, match="stage2_data"):
         StudentRecipe(stage2_data="videos")
     assert recipe.estimated_seconds() > replace(recipe, stage2_data="clips").estimated_seconds()
+
+
+def test_shipped_student_files_record_the_default_recipe():
+    """The shipped φ and LoRA were made with exactly ``StudentRecipe()``: one place for the budgets."""
+    from rehyat.teacher.model import ASSETS
+    from rehyat.weights import load_phi_weights
+
+    phi_record = load_phi_weights(ASSETS / PHI_FILE).training or {}
+    lora_record = read_lora(ASSETS / LORA_FILE)[1]
+    assert phi_record.get("recipe") == StudentRecipe().to_dict()
+    assert lora_record.get("recipe") == StudentRecipe().to_dict()
