@@ -55,6 +55,9 @@ def test_retrain_runs_both_stages_live_and_writes_every_artefact(tmp_path, capsy
     assert metrics["distillation"]["steps"] == 2
     assert metrics["student"]["source"] == "retrained"
     assert metrics["student"]["report"]["recipe"]["stage2_steps"] == 1
+    runs = list((out / "retrain_runs").iterdir())  # both stages checkpointed: a restart carries on
+    assert len(runs) == 1 and (runs[0] / "stage1" / "run.json").is_file() and (runs[0] / "stage2").is_dir()
+    assert f"checkpoints: {runs[0]}" in printed
     assert metrics["student"]["report"]["recipe"]["stage2_data"] == "clips"
     assert set(metrics["fidelity_vs_teacher"]) >= {"psnr_db", "ssim", "psnr_per_frame_db", "temporal_flicker"}
     assert len(metrics["fidelity_vs_teacher"]["psnr_per_frame_db"]) == 6

@@ -357,7 +357,7 @@ def test_train_student_command_exports_and_refuses_overwriting(tiny_teacher, tmp
     tiny_teacher.save(teacher_dir)
     out = tmp_path / "out"
     args = ["train-student", "--teacher-dir", str(teacher_dir), "--stage1-steps", "2", "--stage2-steps", "1",
-            "--export", str(out)]
+            "--export", str(out), "--run-dir", str(tmp_path / "runs")]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["exported"]) == 2 and student_files_present(out)
@@ -366,6 +366,12 @@ def test_train_student_command_exports_and_refuses_overwriting(tiny_teacher, tmp
     with pytest.raises(SystemExit):
         main(args)
     assert "exists; pass --overwrite" in capsys.readouterr().err
+    checkpoints = tmp_path / "runs" / "student" / "stage2" / "checkpoints"
+    assert (checkpoints / "checkpoint-00000001.safetensors").is_file()
+    first = read_lora(out / LORA_FILE)[0]
+    assert main(args + ["--overwrite"]) == 0  # the finished run is resumed from its last checkpoint
+    again = read_lora(out / LORA_FILE)[0]
+    assert all(torch.equal(again[k], first[k]) for k in first)
     with pytest.raises(SystemExit):
         main(["train-student", "--teacher-dir", str(teacher_dir), "--stage1-steps", "0"])
     assert "--stage1-steps must be" in capsys.readouterr().err
@@ -400,6 +406,70 @@ def test_stage2_on_the_students_own_trajectories(tiny_teacher, trained):
     with pytest.raises(ValueError, match="stage2_data"):
         StudentRecipe(stage2_data="videos")
     assert recipe.estimated_seconds() > replace(recipe, stage2_data="clips").estimated_seconds()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _lora_tensors(student: Teacher) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in student.dit.named_parameters() if ".lora." in n}
+
+
+def test_interrupted_train_student_resumes_to_the_same_student(tiny_teacher, tmp_path):
+    """With ``run_dir`` both stages checkpoint; a run stopped in stage 2 and started again gives the
+    same φ and adapters as an uninterrupted run, and a finished run is extended to more steps exactly."""
+    from dataclasses import replace
+
+    recipe = replace(TINY_RECIPE, stage2_data="trajectories", stage2_steps=4, stage2_trajectory_prompts=1,
+                     stage2_trajectory_refresh=2, stage2_frames=6)
+    whole = train_student(tiny_teacher, recipe, log=lambda _: None)
+
+    def stop_at(stage: str, step: int):
+        def progress(name: str, done: int, total: int, loss: float) -> None:
+            if name == stage and done == step:
+                raise _Interrupt
+
+        return progress
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Interrupt):  # stopped after stage-2 step 3: its last checkpoint is step 2
+        train_student(tiny_teacher, recipe, log=lambda _: None, run_dir=run_dir,
+                      progress=stop_at("stage 2", 3))
+    saved = sorted(p.name for p in (run_dir / "stage2" / "checkpoints").iterdir())
+    assert saved == ["checkpoint-00000002.safetensors"]
+    resumed = train_student(tiny_teacher, recipe, log=lambda _: None, run_dir=run_dir)
+    assert resumed.report["stage2"]["loss_curve"] == whole.report["stage2"]["loss_curve"]
+    expected = _lora_tensors(whole.student)
+    for name, tensor in _lora_tensors(resumed.student).items():
+        assert torch.equal(tensor, expected[name]), name
+    for a, b in zip(whole.stage1.dit.state_dict().values(), resumed.stage1.dit.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+    stage1_dir = tmp_path / "stopped_in_stage1"  # stopped after φ step 2 of 3: resumes there
+    with pytest.raises(_Interrupt):
+        train_student(tiny_teacher, recipe, log=lambda _: None, run_dir=stage1_dir,
+                      progress=stop_at("stage 1", 2))
+    assert not (stage1_dir / "stage2").exists()
+    again = train_student(tiny_teacher, recipe, log=lambda _: None, run_dir=stage1_dir)
+    for a, b in zip(whole.stage1.dit.state_dict().values(), again.stage1.dit.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+    extended_dir = tmp_path / "extended"  # 2 steps, then the same run asked for 4: as if run to 4 at once
+    train_student(tiny_teacher, replace(recipe, stage2_steps=2), log=lambda _: None, run_dir=extended_dir)
+    extended = train_student(tiny_teacher, recipe, log=lambda _: None, run_dir=extended_dir)
+    for name, tensor in _lora_tensors(extended.student).items():
+        assert torch.equal(tensor, expected[name]), name
+    with pytest.raises(ValueError, match="already holds 4 stage-2 steps"):
+        train_student(tiny_teacher, replace(recipe, stage2_steps=2), log=lambda _: None, run_dir=extended_dir)
+    with pytest.raises(ValueError, match="differs in: recipe.stage1_steps"):
+        train_student(tiny_teacher, replace(recipe, stage1_steps=4), log=lambda _: None, run_dir=extended_dir)
+    odd_dir = tmp_path / "odd"  # a finished run whose last step is not a refresh cannot be extended exactly
+    train_student(tiny_teacher, replace(recipe, stage2_steps=3), log=lambda _: None, run_dir=odd_dir)
+    with pytest.raises(ValueError, match="not at a trajectory refresh"):
+        train_student(tiny_teacher, recipe, log=lambda _: None, run_dir=odd_dir)
 
 
 def test_shipped_student_files_record_the_default_recipe():

@@ -6,7 +6,10 @@ the states the student's own guided sampler visits, regressing the softmax teach
 (shapes weighted 5×; ``--stage2-data clips`` uses noised generator clips instead). ``--export DIR``
 writes the student's files — ``teacher_phi.safetensors`` (stage-1 φ, fp16) and
 ``student_lora.safetensors`` (ComfyUI LoRA format, fp16) — atomically; existing files are replaced
-only with ``--overwrite``. The shipped files are exactly ``python -m rehyat train-student --threads 1
+only with ``--overwrite``. Both stages checkpoint into ``--run-dir/--run-name`` (default
+``rehyat_runs/student``): after an interruption the same command carries on from the last
+checkpoint to the same numbers, and a finished run given more ``--stage2-steps`` is extended.
+The shipped files are exactly ``python -m rehyat train-student --threads 1
 --export rehyat/assets --overwrite`` (the LoRA's metadata records the command, budgets, losses and
 seconds).
 """
@@ -47,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stage 2 inputs: the student's own sampling trajectories (default; on-policy) or "
         "noised generator clips (≈ 3× faster, visibly worse seams at 64 frames)",
     )
+    parser.add_argument(
+        "--run-dir", default="rehyat_runs", help="folder holding run folders (default: rehyat_runs)"
+    )
+    parser.add_argument(
+        "--run-name", default="student",
+        help="run folder name: checkpoints of both stages; the same name resumes (default: student)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--export", default=None, metavar="DIR", help="write the student's files into DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
@@ -62,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..student import LORA_FILE, PHI_FILE, StudentRecipe, save_student, train_student
     from ..teacher.model import load_teacher
+    from ..training.runs import validate_run_name
 
+    validate_run_name(args.run_name, "--run-name")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be ≥ 1; got {args.threads}")
@@ -98,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 
-    result = train_student(teacher, recipe, progress=progress, log=lambda line: print(line, file=sys.stderr))
+    run_dir = Path(args.run_dir) / args.run_name
+    print(f"checkpoints: {run_dir} (run the same command again to resume)", file=sys.stderr)
+    result = train_student(
+        teacher, recipe, progress=progress, log=lambda line: print(line, file=sys.stderr), run_dir=run_dir
+    )
     for bar in bars.values():
         bar.close()
     summary = {"seconds": result.report["seconds"], "recipe": recipe.to_dict()}

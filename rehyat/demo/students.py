@@ -9,6 +9,8 @@ so nothing runs on options that would fail later) and shows progress.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +141,8 @@ def obtain_students(
 
     Retraining shows a progress bar per stage; the trained student's files (the stage-1 φ and the
     stage-2 LoRA, as :func:`rehyat.student.save_student` writes them) go to ``save_to`` so a later
-    run can use them with ``--student-dir``.
+    run can use them with ``--student-dir``, and both stages checkpoint into
+    ``<save_to>/retrain_runs/<recipe digest>``: an interrupted ``--retrain`` started again carries on.
     """
     log(plan.describe())
     if not plan.retrain:
@@ -170,8 +173,11 @@ def obtain_students(
             bar.close()
             log("stage 1: measuring φ's attention error on held-out teacher trajectories …")
 
+    run_dir = None if save_to is None else save_to / "retrain_runs" / recipe_digest(plan.recipe)
+    if run_dir is not None:
+        log(f"checkpoints: {run_dir} (an interrupted --retrain started again carries on from there)")
     try:
-        result = train_student(teacher, plan.recipe, progress=on_progress, log=log)
+        result = train_student(teacher, plan.recipe, progress=on_progress, log=log, run_dir=run_dir)
     finally:
         for bar in bars.values():
             bar.close()
@@ -183,6 +189,13 @@ def obtain_students(
         record["files"] = {p.name: str(p) for p in paths}
     _merge_adapters(result.student)
     return {"student": result.student, "stage1": result.stage1}, record
+
+
+def recipe_digest(recipe: Any) -> str:
+    """A short digest of every field of a :class:`~rehyat.student.StudentRecipe` (names the demo's retrain
+    run folder)."""
+    text = json.dumps(recipe.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def format_duration(seconds: float) -> str:

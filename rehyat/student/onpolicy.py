@@ -25,6 +25,7 @@ from ..teacher.model import Teacher, latent_to_pixels
 from ..teacher.shapes import generate_clip
 from ..teacher.train import content_weight
 from ..training.flow_matching import sampling_sigmas, sigma_to_timestep
+from ..training.runs import Checkpoint, RunFolder
 from .recipe import STAGE2_FIRST_SEED, StudentRecipe
 
 State = tuple[Tensor, float, str]  # (x at σ (1, C, T, h, w), σ, prompt)
@@ -53,8 +54,16 @@ def run_stage2_on_trajectories(
     recipe: StudentRecipe,
     attach_lora: Callable[[torch.nn.Module, int], Any],
     progress: Callable[[str, int, int, float], None] | None = None,
+    run: RunFolder | None = None,
 ) -> tuple[Teacher, dict[str, Any]]:
-    """Fine-tune a copy of ``stage1`` (LoRA from ``attach_lora``, φ frozen) on its own trajectories."""
+    """Fine-tune a copy of ``stage1`` (LoRA from ``attach_lora``, φ frozen) on its own trajectories.
+
+    ``run``: a run folder; a checkpoint (adapters, optimizer, data order, losses) is written at every
+    trajectory refresh and at the end, and a run folder that holds one is resumed from it — to the
+    same numbers as an uninterrupted run, since the buffer is rebuilt from the same adapters. A
+    finished run is extended when ``recipe.stage2_steps`` grows (the learning rate does not depend on
+    the total); asking for fewer steps than it has is refused.
+    """
     student = copy.deepcopy(stage1)
     dit = student.dit
     torch.manual_seed(recipe.stage2_seed)  # the adapters' initialisation
@@ -64,9 +73,13 @@ def run_stage2_on_trajectories(
     frames = recipe.stage2_frames or teacher.config.clip.frames
     fold = teacher.config.fold
     buffer: list[State] = []
-    next_prompt, losses = 0, []
-    for step in range(recipe.stage2_steps):
+    first, next_prompt, losses = 0, 0, []
+    if run is not None and (checkpoint := run.load_latest()) is not None:
+        first, next_prompt, losses = _resume(checkpoint, trainable, optimizer, rng, recipe, run)
+    for step in range(first, recipe.stage2_steps):
         if step % recipe.stage2_trajectory_refresh == 0:  # on-policy: states of the current adapters
+            if run is not None and step > first:
+                _save(run, step, trainable, optimizer, rng, next_prompt, losses)
             dit.eval()
             buffer = []
             for _ in range(recipe.stage2_trajectory_prompts):
@@ -97,6 +110,8 @@ def run_stage2_on_trajectories(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress("stage 2", step + 1, recipe.stage2_steps, losses[-1])
+    if run is not None and recipe.stage2_steps > first:
+        _save(run, recipe.stage2_steps, trainable, optimizer, rng, next_prompt, losses)
     dit.eval().requires_grad_(False)
     report = {
         "trainable": "LoRA on every block linear (φ frozen at stage 1)",
@@ -112,6 +127,38 @@ def run_stage2_on_trajectories(
         "loss_curve": losses,
     }
     return student.eval(), report
+
+
+def _save(run: RunFolder, step: int, trainable: Any, optimizer: torch.optim.Optimizer, rng: random.Random,
+          next_prompt: int, losses: list[float]) -> None:
+    """Checkpoint the adapters, the optimizer and the data order at ``step`` (a refresh or the end)."""
+    version, state, gauss = rng.getstate()
+    extra = {"next_prompt": next_prompt, "losses": losses, "rng": [version, list(state), gauss]}
+    run.save_checkpoint(step, dict(trainable.parameters), optimizer.state_dict(), extra)
+
+
+def _resume(checkpoint: Checkpoint, trainable: Any, optimizer: torch.optim.Optimizer, rng: random.Random,
+            recipe: StudentRecipe, run: RunFolder) -> tuple[int, int, list[float]]:
+    """Put a checkpoint back; returns (its step, the next prompt index, the losses so far)."""
+    if checkpoint.step > recipe.stage2_steps:
+        raise ValueError(
+            f"run folder {run.path} already holds {checkpoint.step} stage-2 steps; stage2_steps is "
+            f"{recipe.stage2_steps} — ask for at least {checkpoint.step} or choose another run folder"
+        )
+    if checkpoint.step % recipe.stage2_trajectory_refresh and checkpoint.step < recipe.stage2_steps:
+        raise ValueError(
+            f"run folder {run.path}: its last checkpoint (step {checkpoint.step}) is not at a trajectory "
+            f"refresh (every {recipe.stage2_trajectory_refresh} steps), so it cannot be extended exactly; "
+            "delete the folder to start over"
+        )
+    with torch.no_grad():
+        for name, param in trainable.parameters.items():
+            param.copy_(checkpoint.tensors[name])
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    checkpoint.restore_rng()
+    version, state, gauss = checkpoint.extra["rng"]
+    rng.setstate((version, tuple(state), gauss))
+    return checkpoint.step, int(checkpoint.extra["next_prompt"]), list(checkpoint.extra["losses"])
 
 
 __all__ = ["run_stage2_on_trajectories", "student_trajectory"]

@@ -36,6 +36,7 @@ from ..teacher.train import content_weight
 from ..training.dataset import LatentDataset
 from ..training.finetune import FinetuneConfig, finetune
 from ..training.flow_matching import FlowMatchingConfig
+from ..training.runs import RunFolder, tensors_digest
 from ..training.trainable import Trainable, phi_parameter_names, select_trainable
 from .onpolicy import run_stage2_on_trajectories
 from .recipe import STAGE2_FIRST_SEED, StudentRecipe
@@ -68,10 +69,46 @@ def stage1_prompts(recipe: StudentRecipe) -> list[str]:
     return generator_prompts(recipe.stage1_prompts, exclude=held_out)
 
 
+STAGE1_FIELDS = (
+    "chunk_frames", "overlap_frames", "stage1_steps", "stage1_prompts", "stage1_trajectory_steps",
+    "stage1_lr", "phi_seed",
+)
+
+
+def stage_runs(run_dir: str | Path, teacher: Teacher, recipe: StudentRecipe) -> tuple[RunFolder, Callable]:
+    """The stage-1 run folder ``<run_dir>/stage1`` and a maker of the stage-2 one (``<run_dir>/stage2``).
+
+    Identities: stage 1 is bound to the teacher's weights and the stage-1 fields of ``recipe``;
+    stage 2 to the teacher, the stage-1 φ it starts from and every field but ``stage2_steps`` (so a
+    finished stage 2 can be extended to more steps). Another teacher or recipe in the same folder is
+    refused with the differing keys.
+    """
+    teacher_digest = tensors_digest(list(teacher.state_dict().values()))
+    settings = recipe.to_dict()
+    stage1 = RunFolder(run_dir, "stage1", {"stage": 1, "teacher": teacher_digest,
+                                           "recipe": {k: settings[k] for k in STAGE1_FIELDS}})
+
+    def stage2(stage1_model: Teacher) -> RunFolder:
+        phi = tensors_digest([t for _, t in sorted(_phi_tensors(stage1_model).items())])
+        rest = {k: v for k, v in settings.items() if k != "stage2_steps"}
+        identity = {"stage": 2, "teacher": teacher_digest, "phi": phi, "recipe": rest}
+        return RunFolder(run_dir, "stage2", identity)
+
+    return stage1, stage2
+
+
+def _phi_tensors(model: Teacher) -> dict[str, torch.Tensor]:
+    names = phi_parameter_names(model.dit)
+    return {name: param for name, param in model.dit.named_parameters() if name in names}
+
+
 def run_stage1(
-    teacher: Teacher, recipe: StudentRecipe, progress: Progress | None = None
+    teacher: Teacher, recipe: StudentRecipe, progress: Progress | None = None, run: RunFolder | None = None
 ) -> tuple[Teacher, dict[str, Any]]:
-    """Distil φ; returns (a converted copy of ``teacher``, the distillation report)."""
+    """Distil φ; returns (a converted copy of ``teacher``, the distillation report).
+
+    ``run``: a run folder to checkpoint into and resume from (None: no checkpoints).
+    """
     on_step = None if progress is None else (lambda step, total, loss: progress("stage 1", step, total, loss))
     hybrid, report = distil_on_teacher(
         teacher,
@@ -83,6 +120,7 @@ def run_stage1(
         lr=recipe.stage1_lr,
         phi_seed=recipe.phi_seed,
         on_step=on_step,
+        run=run,
     )
     stage1 = copy.deepcopy(teacher)
     convert(stage1.dit, recipe.conversion, hybrid)
@@ -140,16 +178,18 @@ def run_stage2(
     work_dir: Path,
     progress: Progress | None = None,
     teacher: Teacher | None = None,
+    run: RunFolder | None = None,
 ) -> tuple[Teacher, dict[str, Any]]:
     """Fine-tune a copy of ``stage1`` (LoRA, φ frozen); returns (the student with adapters, a report).
 
     ``teacher`` (the softmax teacher) is needed when ``recipe.stage2_target == "teacher"``.
+    ``run``: a run folder to checkpoint into and resume from (None: no checkpoints).
     """
     if (recipe.stage2_target == "teacher" or recipe.stage2_data == "trajectories") and teacher is None:
         raise ValueError("stage 2 with the teacher's velocity as target needs the softmax teacher "
                          "(teacher=None was given)")
     if recipe.stage2_data == "trajectories":
-        return run_stage2_on_trajectories(stage1, teacher, recipe, lora_only, progress)
+        return run_stage2_on_trajectories(stage1, teacher, recipe, lora_only, progress, run)
     student = copy.deepcopy(stage1)
     dataset = generator_dataset(student, work_dir / "stage2_clips", recipe)
     settings = FinetuneConfig(
@@ -160,7 +200,7 @@ def run_stage2(
         micro_batch=recipe.stage2_batch,
         learning_rate=recipe.stage2_lr,
         warmup_steps=min(recipe.stage2_warmup, recipe.stage2_steps),
-        checkpoint_every=max(recipe.stage2_steps, 1),
+        checkpoint_every=max(min(recipe.stage2_steps, 50), 1),
         seed=recipe.stage2_seed,
         flow=FlowMatchingConfig(shift=student.config.sampling.shift, sampling="logit_normal"),
     )
@@ -170,7 +210,7 @@ def run_stage2(
     on_step = None if progress is None else (lambda step, total, loss: progress("stage 2", step, total, loss))
     target_fn = teacher.dit if recipe.stage2_target == "teacher" else None
     result = finetune(dit, lambda x, t, context: dit(x, t, context), dataset, settings, trainable=trainable,
-                      progress=on_step, target_fn=target_fn,
+                      run=run, progress=on_step, target_fn=target_fn,
                       weight_fn=stage2_weight(recipe, student.config.fold))
     dit.eval().requires_grad_(False)
     report = {
@@ -195,6 +235,7 @@ def train_student(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     work_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
 ) -> StudentResult:
     """Run stage 1 and stage 2 on ``teacher`` (unchanged); returns both models and a report.
 
@@ -203,24 +244,32 @@ def train_student(
         recipe: budgets (defaults: the shipped student's).
         progress: ``progress(stage, step, total, loss)`` after every step of either stage.
         log: status lines (one per stage).
-        work_dir: where stage 2's clip dataset goes (default: a temporary folder, removed after).
+        work_dir: where stage 2's clip dataset goes (default: ``run_dir``, else a temporary folder,
+            removed after).
+        run_dir: resumable checkpoints of both stages (``<run_dir>/stage1``, ``<run_dir>/stage2``,
+            see :func:`stage_runs`): an interrupted run given the same folder carries on from its
+            last checkpoint, to the same numbers. None: no checkpoints.
     """
     recipe = recipe or StudentRecipe()
+    stage1_run, stage2_run = stage_runs(run_dir, teacher, recipe) if run_dir is not None else (None, None)
+    if work_dir is None and run_dir is not None:
+        work_dir = run_dir
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     log(f"stage 1: distilling φ of {teacher.config.dit.num_layers} blocks, {recipe.stage1_steps} steps")
-    stage1, stage1_report = run_stage1(teacher, recipe, progress)
+    stage1, stage1_report = run_stage1(teacher, recipe, progress, stage1_run)
     seconds["stage1"] = time.perf_counter() - started
     student = copy.deepcopy(stage1)
     stage2_report: dict[str, Any] = {"skipped": "stage2_steps = 0"}
     if recipe.stage2_steps:
         log(f"stage 2: flow-matching fine-tune (LoRA r={recipe.lora_rank}), {recipe.stage2_steps} steps")
         started = time.perf_counter()
+        run = stage2_run(stage1) if stage2_run is not None else None
         if work_dir is None:
             with tempfile.TemporaryDirectory(prefix="rehyat-stage2-") as tmp:
-                student, stage2_report = run_stage2(stage1, recipe, Path(tmp), progress, teacher)
+                student, stage2_report = run_stage2(stage1, recipe, Path(tmp), progress, teacher, run)
         else:
-            student, stage2_report = run_stage2(stage1, recipe, Path(work_dir), progress, teacher)
+            student, stage2_report = run_stage2(stage1, recipe, Path(work_dir), progress, teacher, run)
         seconds["stage2"] = time.perf_counter() - started
     report = {
         "recipe": recipe.to_dict(),

@@ -14,6 +14,7 @@ import torch
 
 from ..config import ConversionConfig, require_int
 from ..hybrid import HybridAttention
+from ..training.runs import RunFolder
 from .model import SamplingConfig, Teacher
 from .shapes import generate_clip
 
@@ -61,6 +62,7 @@ def distil_on_teacher(
     lr: float = 1e-3,
     phi_seed: int = 0,
     on_step: Callable[[int, int, float], None] | None = None,
+    run: RunFolder | None = None,
 ) -> tuple[dict[int, HybridAttention], dict[str, Any]]:
     """Distil φ of ``conversion``'s blocks against the teacher; returns (φ per block, report).
 
@@ -75,6 +77,8 @@ def distil_on_teacher(
         lr: AdamW learning rate (the paper's 1e-3).
         phi_seed: seed of φ's initialisation.
         on_step: ``on_step(step, total, loss)`` after every step (progress bars).
+        run: a run folder: checkpoints every 50 steps and at the end; a run interrupted before is
+            resumed from its last checkpoint (None: no checkpoints).
     """
     from ..training.distill import Distiller
     from ..training.options import DistillOptions, TeacherSampling
@@ -92,7 +96,7 @@ def distil_on_teacher(
     )
     wrapped = WanDiTTeacher(teacher.dit, list(features[:-1]), features[-1], latent_shape, teacher_sampling)
     options = DistillOptions(iterations=steps, lr=lr, holdout_prompts=1, eval_seeds=1, phi_seed=phi_seed)
-    distiller = Distiller(wrapped, conversion, options, len(prompts), on_step=on_step)
+    distiller = Distiller(wrapped, conversion, options, len(prompts), on_step=on_step, run=run)
     distiller.train()
     report = distiller.report(distiller.evaluate())
     report["prompts"] = list(prompts)
