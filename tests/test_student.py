@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from student_support import TINY, TINY_ONPOLICY, TINY_RECIPE, make_tiny_teacher
 
 from rehyat.cli import main
-from rehyat.models.wan import WanDiTConfig
 from rehyat.models.wan_rehyat import converted_blocks, forward_recurrent, load_phi, save_phi
 from rehyat.ops.block_causal import block_causal_attention, block_causal_attention_naive
 from rehyat.student import (
@@ -26,34 +26,17 @@ from rehyat.student import (
 from rehyat.student.attention_error import ORACLE, WINDOWED, attention_errors
 from rehyat.student.files import merged, read_lora
 from rehyat.student.generate import generate_video
-from rehyat.teacher.model import SamplingConfig, Teacher, TeacherConfig, load_teacher
-from rehyat.teacher.shapes import ClipSpec
-from rehyat.teacher.text import TextEncoderConfig
+from rehyat.student.recipe import SHIPPED_CONTINUATION
+from rehyat.teacher.model import SamplingConfig, Teacher, load_teacher
 from rehyat.teacher.train import content_weight
 from rehyat.training.flow_matching import flow_matching_loss
 from rehyat.training.lora import apply_comfy_lora, attach_lora, comfy_lora_state_dict
 from rehyat.training.trainable import is_lora_target
 
-TINY = TeacherConfig(
-    dit=WanDiTConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, in_dim=12, out_dim=12, text_dim=32),
-    text=TextEncoderConfig(width=16, max_shapes=2, out_dim=32),
-    clip=ClipSpec(frames=6, size=16, min_radius=2.0, max_radius=3.0),
-    sampling=SamplingConfig(steps=2),
-)
-TINY_RECIPE = StudentRecipe(
-    stage1_steps=3, stage1_prompts=3, stage1_trajectory_steps=2,
-    stage2_steps=2, stage2_batch=2, stage2_clips=4, stage2_data="clips",  # on-policy: its own test below
-)
-
 
 @pytest.fixture(scope="module")
 def tiny_teacher():
-    torch.manual_seed(0)
-    teacher = Teacher(TINY).eval()
-    with torch.no_grad():  # a fresh Wan's output head is zero: perturb it so every weight gets gradients
-        for param in teacher.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    return teacher
+    return make_tiny_teacher()
 
 
 @pytest.fixture(scope="module")
@@ -421,8 +404,7 @@ def test_interrupted_train_student_resumes_to_the_same_student(tiny_teacher, tmp
     same φ and adapters as an uninterrupted run, and a finished run is extended to more steps exactly."""
     from dataclasses import replace
 
-    recipe = replace(TINY_RECIPE, stage2_data="trajectories", stage2_steps=4, stage2_trajectory_prompts=1,
-                     stage2_trajectory_refresh=2, stage2_frames=6)
+    recipe = TINY_ONPOLICY
     whole = train_student(tiny_teacher, recipe, log=lambda _: None)
 
     def stop_at(stage: str, step: int):
@@ -481,3 +463,5 @@ def test_shipped_student_files_record_the_default_recipe():
     lora_record = read_lora(ASSETS / LORA_FILE)[1]
     assert phi_record.get("recipe") == StudentRecipe().to_dict()
     assert lora_record.get("recipe") == StudentRecipe().to_dict()
+    stage2b = [c["settings"] for c in lora_record.get("continuations", [])]  # and SHIPPED_CONTINUATION
+    assert stage2b == ([SHIPPED_CONTINUATION.to_dict()] if SHIPPED_CONTINUATION is not None else [])

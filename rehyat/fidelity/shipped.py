@@ -9,7 +9,6 @@ A missing file skips its row with the reason recorded (the report says the files
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from ..models.wan_rehyat import conversion_config
 from ..student import LORA_FILE, PHI_FILE, load_student
-from ..student.files import read_lora
+from ..student.files import file_digest, read_lora
 from ..teacher.model import SamplingConfig, Teacher
 from ..weights import load_phi_weights
 from .scoring import cached, generate_clips, score_clips, store
@@ -29,15 +28,6 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...]]] = {  # name → (load_student 
     STUDENT: ("student", "shipped student (stage 1 + 2)", (PHI_FILE, LORA_FILE)),
     STAGE1: ("stage1", "shipped stage-1 φ only", (PHI_FILE,)),
 }
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (what a stored row depends on)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_budgets(folder: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ The student is the teacher converted with the φ, with the LoRA folded into its 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -101,6 +102,15 @@ def save_student(
     metadata = {"format": LORA_FORMAT, "training": json.dumps(report, sort_keys=True)}
     lora = atomic_save_file(tensors, metadata, folder / LORA_FILE, replace=replace)
     return [Path(phi), Path(lora)]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file (what a stored result or a continuation depends on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def merged(student: Teacher) -> Teacher:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,7 +25,9 @@ from ..teacher.model import Teacher, latent_to_pixels
 from ..teacher.shapes import generate_clip
 from ..teacher.train import content_weight
 from ..training.flow_matching import sampling_sigmas, sigma_to_timestep
+from ..training.lora import COMFY_PREFIX, LORA_ATTR, lora_modules
 from ..training.runs import Checkpoint, RunFolder
+from .losses import boundary_step_loss, weighted_mse
 from .recipe import STAGE2_FIRST_SEED, StudentRecipe
 
 State = tuple[Tensor, float, str]  # (x at σ (1, C, T, h, w), σ, prompt)
@@ -55,8 +57,19 @@ def run_stage2_on_trajectories(
     attach_lora: Callable[[torch.nn.Module, int], Any],
     progress: Callable[[str, int, int, float], None] | None = None,
     run: RunFolder | None = None,
+    *,
+    initial_lora: Mapping[str, Tensor] | None = None,
+    first_prompt: int = 0,
+    seam_weight: float = 0.0,
+    label: str = "stage 2",
 ) -> tuple[Teacher, dict[str, Any]]:
     """Fine-tune a copy of ``stage1`` (LoRA from ``attach_lora``, φ frozen) on its own trajectories.
+
+    ``initial_lora`` (ComfyUI-format tensors, :func:`rehyat.training.lora.comfy_lora_state_dict`)
+    starts the adapters from a trained student instead of zero; ``first_prompt`` is the index of
+    the first generator prompt (after the ones an earlier run used); ``seam_weight`` adds that many
+    times :func:`~rehyat.student.losses.boundary_step_loss` to the loss; ``label`` names the stage in
+    ``progress``.
 
     ``run``: a run folder; a checkpoint (adapters, optimizer, data order, losses) is written at every
     trajectory refresh and at the end, and a run folder that holds one is resumed from it — to the
@@ -68,12 +81,14 @@ def run_stage2_on_trajectories(
     dit = student.dit
     torch.manual_seed(recipe.stage2_seed)  # the adapters' initialisation
     trainable = attach_lora(dit, recipe.lora_rank)
+    if initial_lora is not None:
+        load_adapters(dit, initial_lora)
     optimizer = torch.optim.AdamW(list(trainable.parameters.values()), lr=recipe.stage2_lr, weight_decay=0.0)
     rng = random.Random(recipe.stage2_seed)
     frames = recipe.stage2_frames or teacher.config.clip.frames
     fold = teacher.config.fold
     buffer: list[State] = []
-    first, next_prompt, losses = 0, 0, []
+    first, next_prompt, losses = 0, first_prompt, []
     if run is not None and (checkpoint := run.load_latest()) is not None:
         first, next_prompt, losses = _resume(checkpoint, trainable, optimizer, rng, recipe, run)
     for step in range(first, recipe.stage2_steps):
@@ -103,13 +118,16 @@ def run_stage2_on_trajectories(
         for group in optimizer.param_groups:
             group["lr"] = recipe.stage2_lr * min(1.0, (step + 1) / max(recipe.stage2_warmup, 1))
         prediction = dit(x, t, context)
-        loss = ((prediction.float() - target.float()) ** 2 * weight).sum() / weight.sum()
+        error = prediction.float() - target.float()  # (B, C, T, h, w)
+        loss = weighted_mse(error, weight)
+        if seam_weight > 0:
+            loss = loss + seam_weight * boundary_step_loss(error, weight, recipe.chunk_frames)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress("stage 2", step + 1, recipe.stage2_steps, losses[-1])
+            progress(label, step + 1, recipe.stage2_steps, losses[-1])
     if run is not None and recipe.stage2_steps > first:
         _save(run, recipe.stage2_steps, trainable, optimizer, rng, next_prompt, losses)
     dit.eval().requires_grad_(False)
@@ -120,13 +138,28 @@ def run_stage2_on_trajectories(
         f"{recipe.stage2_trajectory_prompts} generator prompts from seed {STAGE2_FIRST_SEED}, refreshed "
         f"every {recipe.stage2_trajectory_refresh} steps",
         "foreground_weight": recipe.stage2_foreground_weight,
+        "seam_weight": seam_weight,
+        "started_from": "a trained student's LoRA" if initial_lora is not None else "zero adapters",
         "trained_parameters": trainable.count,
+        "first_prompt": first_prompt,
         "prompts": next_prompt,
         "first_losses": losses[:5],
         "last_losses": losses[-5:],
         "loss_curve": losses,
     }
     return student.eval(), report
+
+
+@torch.no_grad()
+def load_adapters(model: torch.nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """Set ``model``'s attached LoRA adapters from ComfyUI-format tensors (each adapter must be there)."""
+    for name, module in lora_modules(model):
+        adapter = getattr(module, LORA_ATTR)
+        for part, target in (("lora_up", adapter.up.weight), ("lora_down", adapter.down.weight)):
+            key = f"{COMFY_PREFIX}{name}.{part}.weight"
+            if key not in tensors or tuple(tensors[key].shape) != tuple(target.shape):
+                raise ValueError(f"the LoRA to start from has no {key} of shape {tuple(target.shape)}")
+            target.copy_(tensors[key])
 
 
 def _save(run: RunFolder, step: int, trainable: Any, optimizer: torch.optim.Optimizer, rng: random.Random,
@@ -161,4 +194,4 @@ def _resume(checkpoint: Checkpoint, trainable: Any, optimizer: torch.optim.Optim
     return checkpoint.step, int(checkpoint.extra["next_prompt"]), list(checkpoint.extra["losses"])
 
 
-__all__ = ["run_stage2_on_trajectories", "student_trajectory"]
+__all__ = ["load_adapters", "run_stage2_on_trajectories", "student_trajectory"]

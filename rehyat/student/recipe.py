@@ -125,3 +125,36 @@ class StudentRecipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-serialisable)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class StudentContinuation:
+    """Stage 2b: more on-policy stage-2 steps from a saved student (:mod:`rehyat.student.continuation`).
+
+    The adapters start from the student's LoRA file (fp16, as shipped) and φ from its φ file; a fresh
+    AdamW (the base recipe's learning rate and warm-up) trains the adapters on new generator prompts
+    (after the ones the base run used), and ``seam_weight`` adds the boundary-step loss
+    (:func:`rehyat.student.losses.boundary_step_loss`) to the teacher-velocity loss.
+
+    Attributes:
+        steps: fine-tune steps (each of the base recipe's ``stage2_batch`` states).
+        seed: seed of the data order (a different seed from the base run's draws other states).
+        seam_weight: weight of the boundary-step loss (0: the plain on-policy loss).
+    """
+
+    steps: int = 300
+    seed: int = 1
+    seam_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        require_int("continue_steps", self.steps, low=1, high=1_000_000)
+        require_int("continue_seed", self.seed, low=0)
+        require_real("seam_weight", self.seam_weight, low=0.0, high=100.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+
+SHIPPED_CONTINUATION: StudentContinuation | None = None
+"""The stage 2b of the shipped student (None: the shipped student is stages 1 and 2 only)."""

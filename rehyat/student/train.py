@@ -38,8 +38,10 @@ from ..training.finetune import FinetuneConfig, finetune
 from ..training.flow_matching import FlowMatchingConfig
 from ..training.runs import RunFolder, tensors_digest
 from ..training.trainable import Trainable, phi_parameter_names, select_trainable
+from .continuation import continuation_run, continue_student
+from .files import save_student
 from .onpolicy import run_stage2_on_trajectories
-from .recipe import STAGE2_FIRST_SEED, StudentRecipe
+from .recipe import STAGE2_FIRST_SEED, StudentContinuation, StudentRecipe
 
 Progress = Callable[[str, int, int, float], None]
 HELD_OUT_SCENES = 48  # the evaluation pairs whose scenes stage 1 never sees
@@ -236,6 +238,7 @@ def train_student(
     log: Callable[[str], None] = print,
     work_dir: str | Path | None = None,
     run_dir: str | Path | None = None,
+    continuation: StudentContinuation | None = None,
 ) -> StudentResult:
     """Run stage 1 and stage 2 on ``teacher`` (unchanged); returns both models and a report.
 
@@ -249,8 +252,15 @@ def train_student(
         run_dir: resumable checkpoints of both stages (``<run_dir>/stage1``, ``<run_dir>/stage2``,
             see :func:`stage_runs`): an interrupted run given the same folder carries on from its
             last checkpoint, to the same numbers. None: no checkpoints.
+        continuation: stage 2b after stage 2 (:func:`rehyat.student.continuation.continue_student`):
+            the student is saved as shipped (fp16; into ``<run_dir>/stage2_files`` or a temporary
+            folder) and continued from those files, so the result equals continuing the saved files
+            with ``train-student --continue-from``.
     """
     recipe = recipe or StudentRecipe()
+    if continuation is not None and (not recipe.stage2_steps or recipe.stage2_data != "trajectories"):
+        raise ValueError("a continuation (stage 2b) carries on on-policy stage 2: it needs stage2_steps ≥ 1 "
+                         "and stage2_data='trajectories'")
     stage1_run, stage2_run = stage_runs(run_dir, teacher, recipe) if run_dir is not None else (None, None)
     if work_dir is None and run_dir is not None:
         work_dir = run_dir
@@ -279,6 +289,17 @@ def train_student(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    if continuation is not None:
+        log(f"stage 2b: {continuation.steps} more on-policy steps from the saved student "
+            f"(seam weight {continuation.seam_weight:g})")
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="rehyat-stage2b-") as tmp:
+            files = Path(run_dir) / "stage2_files" if run_dir is not None else Path(tmp)
+            save_student(stage1, student, files, report, replace=True)
+            run = continuation_run(run_dir, files, continuation) if run_dir is not None else None
+            stage1, student, report = continue_student(teacher, files, continuation, progress=progress,
+                                                       run=run)
+        seconds["stage2b"] = time.perf_counter() - started
     return StudentResult(stage1=stage1, student=student, report=report, seconds=seconds)
 
 
