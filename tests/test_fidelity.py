@@ -573,6 +573,12 @@ def test_student_budgets_name_the_stage2_data():
     )
     own = "\n".join(_budget_text({"lora": {"recipe": StudentRecipe().to_dict()}}))
     assert "on the student's own guided sampling states (16 generator prompts of 48 frames" in own
+    assert "Stage 2b" not in own
+    entry = {"settings": {"steps": 300, "seed": 1, "seam_weight": 2.0}, "seconds": 12.5}
+    continued = {"recipe": StudentRecipe().to_dict(), "continuations": [entry]}
+    text = "\n".join(_budget_text({"lora": continued}))
+    assert ("Stage 2b (continued from the stage-2 LoRA file, fresh optimiser): 300 more steps on new "
+            "prompts, seed 1, boundary-step loss weight 2.0; 12.5 s.") in text
 
 
 def test_new_options_are_validated_and_reach_the_cli():

@@ -294,6 +294,13 @@ def _budget_text(budgets: dict[str, Any]) -> list[str]:
             f"({(lora.get('stage2') or {}).get('trainable', 'LoRA')}), lr {recipe.get('stage2_lr')}, "
             f"warm-up {recipe.get('stage2_warmup')}, seed {recipe.get('stage2_seed')}."
         )
+        for entry in lora.get("continuations") or []:
+            settings = entry.get("settings") or {}
+            lines.append(
+                f"- Stage 2b (continued from the stage-2 LoRA file, fresh optimiser): "
+                f"{settings.get('steps')} more steps on new prompts, seed {settings.get('seed')}, "
+                f"boundary-step loss weight {settings.get('seam_weight')}; {entry.get('seconds')} s."
+            )
         seconds = lora.get("seconds") or {}
         if seconds:
             lines.append(
