@@ -151,3 +151,19 @@ def test_train_student_continue_from_command(tiny_teacher, base_files, tmp_path,
         main(["train-student", "--teacher-dir", str(teacher_dir), "--continue-from", str(base_files),
               "--continue-steps", "0"])
     assert "--continue-steps must be ≥ 1 with --continue-from" in capsys.readouterr().err
+
+
+def test_demo_retrain_with_the_shipped_budgets_includes_the_shipped_stage_2b():
+    from rehyat.demo.students import StudentPlan
+    from rehyat.student import StudentRecipe
+    from rehyat.student.recipe import SHIPPED_CONTINUATION
+
+    shipped = StudentPlan(retrain=True, chunk_frames=3, overlap_frames=1, recipe=StudentRecipe())
+    assert shipped.continuation is SHIPPED_CONTINUATION
+    other = StudentPlan(retrain=True, chunk_frames=3, overlap_frames=1, recipe=TINY_ONPOLICY)
+    assert other.continuation is None and other.seconds() == TINY_ONPOLICY.estimated_seconds()
+    assert "stage 2b" not in other.describe()
+    if SHIPPED_CONTINUATION is not None:
+        assert f"stage 2b: {SHIPPED_CONTINUATION.steps} more steps" in shipped.describe()
+        assert shipped.seconds() > StudentRecipe().estimated_seconds()
+    assert CONTINUE.estimated_seconds(TINY_ONPOLICY) > 0

@@ -39,6 +39,19 @@ class StudentPlan:
     folder: Path | None = None
     recipe: Any = None  # rehyat.student.StudentRecipe when retraining
 
+    @property
+    def continuation(self) -> Any:
+        """The shipped stage 2b when retraining with the shipped budgets (then the result is the shipped
+        student); None otherwise (other budgets train stages 1 and 2 only)."""
+        from ..student.recipe import SHIPPED_CONTINUATION, StudentRecipe
+
+        return SHIPPED_CONTINUATION if self.retrain and self.recipe == StudentRecipe() else None
+
+    def seconds(self) -> float:
+        """A rough CPU time of the live training on one core."""
+        extra = self.continuation.estimated_seconds(self.recipe) if self.continuation is not None else 0.0
+        return self.recipe.estimated_seconds() + extra
+
     def describe(self) -> str:
         """One status line."""
         if not self.retrain:
@@ -48,8 +61,9 @@ class StudentPlan:
             )
         return (
             f"--retrain: training both stages live — stage 1: {self.recipe.stage1_steps} φ distillation "
-            f"steps, stage 2: {self.recipe.stage2_steps} fine-tune steps, Tc={self.chunk_frames}, "
-            f"To={self.overlap_frames}; about {format_duration(self.recipe.estimated_seconds())} "
+            f"steps, stage 2: {self.recipe.stage2_steps} fine-tune steps"
+            + (f", stage 2b: {self.continuation.steps} more steps" if self.continuation is not None else "")
+            + f", Tc={self.chunk_frames}, To={self.overlap_frames}; about {format_duration(self.seconds())} "
             "on one CPU core"
         )
 
@@ -157,7 +171,8 @@ def obtain_students(
     from ..student import train_student
 
     bars: dict[str, Any] = {}
-    descriptions = {"stage 1": "stage 1: distilling φ", "stage 2": "stage 2: fine-tuning (LoRA)"}
+    descriptions = {"stage 1": "stage 1: distilling φ", "stage 2": "stage 2: fine-tuning (LoRA)",
+                    "stage 2b": "stage 2b: fine-tuning further (LoRA)"}
 
     def on_progress(stage: str, step: int, total: int, loss: float) -> None:
         bar = bars.get(stage)
@@ -177,7 +192,8 @@ def obtain_students(
     if run_dir is not None:
         log(f"checkpoints: {run_dir} (an interrupted --retrain started again carries on from there)")
     try:
-        result = train_student(teacher, plan.recipe, progress=on_progress, log=log, run_dir=run_dir)
+        result = train_student(teacher, plan.recipe, progress=on_progress, log=log, run_dir=run_dir,
+                               continuation=plan.continuation)
     finally:
         for bar in bars.values():
             bar.close()

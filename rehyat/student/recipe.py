@@ -6,7 +6,7 @@ train-student`` and the demo's ``--retrain`` all read :class:`StudentRecipe`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..config import ConversionConfig, HybridAttentionConfig, require_int, require_real
@@ -150,6 +150,11 @@ class StudentContinuation:
         require_int("continue_steps", self.steps, low=1, high=1_000_000)
         require_int("continue_seed", self.seed, low=0)
         require_real("seam_weight", self.seam_weight, low=0.0, high=100.0)
+
+    def estimated_seconds(self, recipe: StudentRecipe) -> float:
+        """A rough CPU time on one core: ``recipe``'s stage-2 cost per step, for ``steps`` steps."""
+        with_steps = replace(recipe, stage2_steps=self.steps).estimated_seconds()
+        return with_steps - replace(recipe, stage2_steps=0).estimated_seconds()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-serialisable)."""
