@@ -597,3 +597,14 @@ def test_new_options_are_validated_and_reach_the_cli():
         timeout=120,
     )
     assert result.returncode != 0 and "phi_seeds must be an integer in [1, 100]" in result.stderr
+
+
+def test_shipped_budgets_leave_out_every_per_step_curve():
+    from rehyat.fidelity.shipped import shipped_budgets
+    from rehyat.teacher.model import ASSETS
+
+    lora = shipped_budgets(ASSETS)["lora"]
+    assert "loss_curve" not in lora["stage2"]
+    for entry in lora.get("continuations", []):
+        assert "seam_losses" not in entry and "loss_curve" not in entry["report"]
+        assert entry["report"]["last_losses"] and entry["settings"]["steps"] > 0

@@ -31,7 +31,7 @@ ROWS: dict[str, tuple[str, str, tuple[str, ...]]] = {  # name → (load_student 
 
 
 def shipped_budgets(folder: Path) -> dict[str, Any]:
-    """The ``training`` records of the student's files that exist (the LoRA's loss curve left out)."""
+    """The ``training`` records of the student's files that exist (the LoRA's loss curves left out)."""
     budgets: dict[str, Any] = {}
     if (folder / PHI_FILE).is_file():
         budgets["phi"] = load_phi_weights(folder / PHI_FILE).training or {}
@@ -40,8 +40,20 @@ def shipped_budgets(folder: Path) -> dict[str, Any]:
         stage2 = record.get("stage2")
         if isinstance(stage2, dict):
             record = {**record, "stage2": {k: v for k, v in stage2.items() if k != "loss_curve"}}
+        if isinstance(record.get("continuations"), list):
+            record = {**record, "continuations": [_without_curves(c) for c in record["continuations"]]}
         budgets["lora"] = record
     return budgets
+
+
+def _without_curves(entry: Any) -> Any:
+    """A stage-2b record without its per-step curves."""
+    if not isinstance(entry, dict):
+        return entry
+    report = entry.get("report")
+    if isinstance(report, dict):
+        entry = {**entry, "report": {k: v for k, v in report.items() if k != "loss_curve"}}
+    return {k: v for k, v in entry.items() if k != "seam_losses"}
 
 
 def shipped_rows(

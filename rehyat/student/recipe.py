@@ -161,5 +161,8 @@ class StudentContinuation:
         return asdict(self)
 
 
-SHIPPED_CONTINUATION: StudentContinuation | None = None
-"""The stage 2b of the shipped student (None: the shipped student is stages 1 and 2 only)."""
+SHIPPED_CONTINUATION: StudentContinuation | None = StudentContinuation(steps=300, seed=1, seam_weight=2.0)
+"""The stage 2b of the shipped student (None: the shipped student is stages 1 and 2 only).
+
+Measured at 64 frames on the 12 held-out pairs: seam ratio 1.40 → 1.21 and continuity 91.2 → 93.7 %
+against 300 more steps without the boundary-step loss (seed 1 too): 1.44 and 92.2 %."""
