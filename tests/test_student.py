@@ -30,7 +30,12 @@ from rehyat.student.recipe import SHIPPED_CONTINUATION
 from rehyat.teacher.model import SamplingConfig, Teacher, load_teacher
 from rehyat.teacher.train import content_weight
 from rehyat.training.flow_matching import flow_matching_loss
-from rehyat.training.lora import apply_comfy_lora, attach_lora, comfy_lora_state_dict
+from rehyat.training.lora import (
+    apply_comfy_lora,
+    attach_lora,
+    comfy_lora_state_dict,
+    load_comfy_lora_adapters,
+)
 from rehyat.training.trainable import is_lora_target
 
 
@@ -219,6 +224,27 @@ def test_comfy_lora_folded_into_the_weights_equals_the_adapters(tiny_teacher):
     x = torch.randn(1, 12, 6, 8, 8, generator=gen)
     t, context = torch.tensor([400.0]), torch.randn(1, 3, 32, generator=gen)
     torch.testing.assert_close(plain(x, t, context), model(x, t, context), rtol=1e-4, atol=1e-5)
+
+
+def test_comfy_lora_loads_back_into_fresh_adapters(tiny_teacher):
+    """``load_comfy_lora_adapters`` inverts ``comfy_lora_state_dict``; bad keys are refused."""
+    model = copy.deepcopy(tiny_teacher.dit)
+    attach_lora(model, 4, select=is_lora_target)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in (p for n, p in model.named_parameters() if ".lora." in n):
+            param.copy_(torch.randn(param.shape, generator=gen))
+    tensors = comfy_lora_state_dict(model)
+    fresh = copy.deepcopy(tiny_teacher.dit)
+    attach_lora(fresh, 4, select=is_lora_target)
+    load_comfy_lora_adapters(fresh, tensors)
+    loaded = comfy_lora_state_dict(fresh)
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    key = next(k for k in tensors if k.endswith(".lora_up.weight"))
+    with pytest.raises(ValueError, match=f"the LoRA has no {key}"):
+        load_comfy_lora_adapters(fresh, {k: v for k, v in tensors.items() if k != key})
+    with pytest.raises(ValueError, match=f"the LoRA has no {key} of shape"):
+        load_comfy_lora_adapters(fresh, {**tensors, key: tensors[key][:, :2]})
 
 
 def test_comfy_lora_refusals_change_nothing(tiny_teacher):

@@ -121,6 +121,10 @@ def test_continue_student_refuses_files_it_cannot_continue(tiny_teacher, tmp_pat
         continue_student(tiny_teacher, tmp_path, CONTINUE)
     with pytest.raises(ValueError, match="seam_weight"):
         StudentContinuation(seam_weight=-1.0)
+    no_record = tmp_path / "no_record"  # a LoRA whose metadata names no recipe
+    save_student(clips.stage1, clips.student, no_record, {"note": "made elsewhere"})
+    with pytest.raises(ValueError, match="records no StudentRecipe"):
+        continue_student(tiny_teacher, no_record, CONTINUE)
 
 
 def test_train_student_continue_from_command(tiny_teacher, base_files, tmp_path, capsys):
@@ -163,7 +167,6 @@ def test_demo_retrain_with_the_shipped_budgets_includes_the_shipped_stage_2b():
     other = StudentPlan(retrain=True, chunk_frames=3, overlap_frames=1, recipe=TINY_ONPOLICY)
     assert other.continuation is None and other.seconds() == TINY_ONPOLICY.estimated_seconds()
     assert "stage 2b" not in other.describe()
-    if SHIPPED_CONTINUATION is not None:
-        assert f"stage 2b: {SHIPPED_CONTINUATION.steps} more steps" in shipped.describe()
-        assert shipped.seconds() > StudentRecipe().estimated_seconds()
+    assert f"stage 2b: {SHIPPED_CONTINUATION.steps} more steps" in shipped.describe()
+    assert shipped.seconds() > StudentRecipe().estimated_seconds()
     assert CONTINUE.estimated_seconds(TINY_ONPOLICY) > 0

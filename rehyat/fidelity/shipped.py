@@ -36,24 +36,20 @@ def shipped_budgets(folder: Path) -> dict[str, Any]:
     if (folder / PHI_FILE).is_file():
         budgets["phi"] = load_phi_weights(folder / PHI_FILE).training or {}
     if (folder / LORA_FILE).is_file():
-        record = read_lora(folder / LORA_FILE)[1]
-        stage2 = record.get("stage2")
-        if isinstance(stage2, dict):
-            record = {**record, "stage2": {k: v for k, v in stage2.items() if k != "loss_curve"}}
-        if isinstance(record.get("continuations"), list):
-            record = {**record, "continuations": [_without_curves(c) for c in record["continuations"]]}
-        budgets["lora"] = record
+        budgets["lora"] = _without_curves(read_lora(folder / LORA_FILE)[1])
     return budgets
 
 
-def _without_curves(entry: Any) -> Any:
-    """A stage-2b record without its per-step curves."""
-    if not isinstance(entry, dict):
-        return entry
-    report = entry.get("report")
-    if isinstance(report, dict):
-        entry = {**entry, "report": {k: v for k, v in report.items() if k != "loss_curve"}}
-    return {k: v for k, v in entry.items() if k != "seam_losses"}
+CURVES = ("loss_curve", "seam_losses")  # per-step lists of a training record
+
+
+def _without_curves(value: Any) -> Any:
+    """``value`` with every per-step curve (:data:`CURVES`) left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_curves(v) for k, v in value.items() if k not in CURVES}
+    if isinstance(value, list):
+        return [_without_curves(v) for v in value]
+    return value
 
 
 def shipped_rows(

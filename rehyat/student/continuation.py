@@ -26,7 +26,7 @@ from .recipe import StudentContinuation, StudentRecipe
 CONTINUATIONS = "continuations"  # key of the record's list of continuations
 
 
-def base_recipe(record: dict[str, Any], path: Path) -> StudentRecipe:
+def _base_recipe(record: dict[str, Any], path: Path) -> StudentRecipe:
     """The :class:`StudentRecipe` a student LoRA's record names (refused when it names none)."""
     try:
         return StudentRecipe(**record["recipe"])
@@ -82,7 +82,7 @@ def continue_student(
     folder = Path(folder)
     lora_path = folder / LORA_FILE
     tensors, record = read_lora(lora_path)
-    recipe = base_recipe(record, lora_path)
+    recipe = _base_recipe(record, lora_path)
     if recipe.stage2_data != "trajectories":
         raise ValueError(f"{lora_path} was fine-tuned on {recipe.stage2_data!r}; a continuation runs "
                          "on-policy stage 2 and needs a student made with stage2_data='trajectories'")

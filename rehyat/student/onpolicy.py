@@ -25,7 +25,7 @@ from ..teacher.model import Teacher, latent_to_pixels
 from ..teacher.shapes import generate_clip
 from ..teacher.train import content_weight
 from ..training.flow_matching import sampling_sigmas, sigma_to_timestep
-from ..training.lora import COMFY_PREFIX, LORA_ATTR, lora_modules
+from ..training.lora import load_comfy_lora_adapters
 from ..training.runs import Checkpoint, RunFolder
 from .losses import boundary_step_loss, weighted_mse
 from .recipe import STAGE2_FIRST_SEED, StudentRecipe
@@ -82,7 +82,7 @@ def run_stage2_on_trajectories(
     torch.manual_seed(recipe.stage2_seed)  # the adapters' initialisation
     trainable = attach_lora(dit, recipe.lora_rank)
     if initial_lora is not None:
-        load_adapters(dit, initial_lora)
+        load_comfy_lora_adapters(dit, initial_lora)
     optimizer = torch.optim.AdamW(list(trainable.parameters.values()), lr=recipe.stage2_lr, weight_decay=0.0)
     rng = random.Random(recipe.stage2_seed)
     frames = recipe.stage2_frames or teacher.config.clip.frames
@@ -150,18 +150,6 @@ def run_stage2_on_trajectories(
     return student.eval(), report
 
 
-@torch.no_grad()
-def load_adapters(model: torch.nn.Module, tensors: Mapping[str, Tensor]) -> None:
-    """Set ``model``'s attached LoRA adapters from ComfyUI-format tensors (each adapter must be there)."""
-    for name, module in lora_modules(model):
-        adapter = getattr(module, LORA_ATTR)
-        for part, target in (("lora_up", adapter.up.weight), ("lora_down", adapter.down.weight)):
-            key = f"{COMFY_PREFIX}{name}.{part}.weight"
-            if key not in tensors or tuple(tensors[key].shape) != tuple(target.shape):
-                raise ValueError(f"the LoRA to start from has no {key} of shape {tuple(target.shape)}")
-            target.copy_(tensors[key])
-
-
 def _save(run: RunFolder, step: int, trainable: Any, optimizer: torch.optim.Optimizer, rng: random.Random,
           next_prompt: int, losses: list[float]) -> None:
     """Checkpoint the adapters, the optimizer and the data order at ``step`` (a refresh or the end)."""
@@ -194,4 +182,4 @@ def _resume(checkpoint: Checkpoint, trainable: Any, optimizer: torch.optim.Optim
     return checkpoint.step, int(checkpoint.extra["next_prompt"]), list(checkpoint.extra["losses"])
 
 
-__all__ = ["load_adapters", "run_stage2_on_trajectories", "student_trajectory"]
+__all__ = ["run_stage2_on_trajectories", "student_trajectory"]

@@ -165,6 +165,20 @@ def comfy_lora_state_dict(
 
 
 @torch.no_grad()
+def load_comfy_lora_adapters(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Set ``model``'s attached adapters from a ComfyUI-format LoRA (the inverse of
+    :func:`comfy_lora_state_dict`): every adapter's ``lora_up`` / ``lora_down`` must be in ``tensors``
+    with its shape, else a ValueError names the key (alpha is the adapter's own)."""
+    for name, module in lora_modules(model):
+        adapter: LoRAAdapter = getattr(module, LORA_ATTR)
+        for part, target in (("lora_up", adapter.up.weight), ("lora_down", adapter.down.weight)):
+            key = f"{COMFY_PREFIX}{name}.{part}.weight"
+            if key not in tensors or tuple(tensors[key].shape) != tuple(target.shape):
+                raise ValueError(f"the LoRA has no {key} of shape {tuple(target.shape)}")
+            target.copy_(tensors[key])
+
+
+@torch.no_grad()
 def apply_comfy_lora(model: nn.Module, tensors: dict[str, Tensor], strength: float = 1.0) -> list[str]:
     """Fold a ComfyUI-format LoRA (:func:`comfy_lora_state_dict`'s keys) into ``model``'s weights.
 
