@@ -8,6 +8,7 @@ import math
 import pytest
 
 from rehyat.cli import main
+from rehyat.teacher.evaluate import held_out_pairs
 from rehyat.teacher.paired import (
     MEASURES,
     bootstrap_interval,
@@ -112,8 +113,8 @@ def test_evaluate_compare_adds_paired_differences(tmp_path, capsys):
     [(["--frames", "5"], "at 5 frames"), (["--clips", "4"], "at least as many")],
 )
 def test_evaluate_compare_refuses_other_pairs_before_generating(tmp_path, capsys, flags, match):
-    reference = tmp_path / "reference.json"
-    planned = [{"prompt": p, "frames": 4} for p in ("a red circle bounces",) * 3]
+    reference = tmp_path / "reference.json"  # the right prompts: only the flag under test differs
+    planned = [{"prompt": prompt, "frames": 4} for prompt, _ in held_out_pairs(3)]
     reference.write_text(json.dumps({"model": "teacher", "frames": 4, "per_clip": planned}))
     args = {"--clips": "3", "--frames": "4"}
     args.update(dict(zip(flags[::2], flags[1::2], strict=True)))
@@ -121,3 +122,4 @@ def test_evaluate_compare_refuses_other_pairs_before_generating(tmp_path, capsys
         main(["evaluate", *[x for kv in args.items() for x in kv], "--compare", str(reference)])
     err = capsys.readouterr().err
     assert "--compare" in err and match in err
+    assert "clip 1/" not in err  # refused before the first clip was generated

@@ -79,13 +79,10 @@ def run(args: argparse.Namespace) -> int:
         targets=targets,
         on_clip=progress,
     )
-    if reference is not None:
+    if reference is not None:  # paired with these clips by _read_reference before generating
         from ..teacher.paired import paired_differences
 
-        try:
-            paired = paired_differences(summary["per_clip"], reference["per_clip"])
-        except ValueError as error:
-            raise ValueError(f"--compare {args.compare}: {error}") from None
+        paired = paired_differences(summary["per_clip"], reference["per_clip"])
         summary["paired"] = {"reference": reference.get("model"), "file": str(args.compare), **paired}
     text = json.dumps({k: v for k, v in summary.items() if k != "per_clip"}, indent=2)
     if args.out is not None:
