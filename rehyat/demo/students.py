@@ -63,7 +63,10 @@ class StudentPlan:
             f"--retrain: training both stages live — stage 1: {self.recipe.stage1_steps} φ distillation "
             f"steps, stage 2: {self.recipe.stage2_steps} fine-tune steps"
             + (f", stage 2b: {self.continuation.steps} more steps" if self.continuation is not None else "")
-            + f", Tc={self.chunk_frames}, To={self.overlap_frames}; about {format_duration(self.seconds())} "
+            + f", Tc={self.chunk_frames}, To={self.overlap_frames}"
+            + (f" (trained at To={self.recipe.overlap_frames})"
+               if self.recipe.overlap_frames != self.overlap_frames else "")
+            + f"; about {format_duration(self.seconds())} "
             "on one CPU core"
         )
 
@@ -88,14 +91,18 @@ def plan_student(
                 "--no-distill (the default now) uses the shipped one — drop one of them"
             )
         chunk = recipe.chunk_frames if options.chunk_frames is None else options.chunk_frames
-        overlap = recipe.overlap_frames if options.overlap_frames is None else options.overlap_frames
-        check_chunking(chunk, overlap, training_frames)
-        changes: dict[str, Any] = {"chunk_frames": chunk, "overlap_frames": overlap}
+        changes: dict[str, Any] = {"chunk_frames": chunk}
+        if options.chunk_frames is not None or options.overlap_frames is not None:
+            # another chunking: trained and sampled at one To (the asked one, else the recipe's)
+            overlap = recipe.overlap_frames if options.overlap_frames is None else options.overlap_frames
+            changes.update(overlap_frames=overlap, sampling_overlap_frames=None)
         for field, (_, recipe_field) in RETRAIN_ONLY.items():
             if getattr(options, field) is not None:
                 changes[recipe_field] = getattr(options, field)
+        check_chunking(chunk, changes.get("overlap_frames", recipe.overlap_frames), training_frames)
         recipe = dataclasses.replace(recipe, **changes)
-        return StudentPlan(True, chunk, overlap, recipe=recipe)
+        check_chunking(chunk, recipe.student_overlap_frames, training_frames)
+        return StudentPlan(True, chunk, recipe.student_overlap_frames, recipe=recipe)
 
     for field, (option, _) in RETRAIN_ONLY.items():
         if getattr(options, field) is not None:
@@ -107,7 +114,7 @@ def plan_student(
     if options.chunk_frames is not None or options.overlap_frames is not None:  # the range first
         check_chunking(
             recipe.chunk_frames if options.chunk_frames is None else options.chunk_frames,
-            recipe.overlap_frames if options.overlap_frames is None else options.overlap_frames,
+            recipe.student_overlap_frames if options.overlap_frames is None else options.overlap_frames,
             training_frames,
         )
     folder = Path(folder)
@@ -121,7 +128,7 @@ def plan_student(
             )
             check_chunking(chunk, overlap, training_frames)  # out of range: say the range first
             raise ValueError(
-                f"{option} {wanted}: the shipped student was trained with {option} {have}; use {have}, or "
+                f"{option} {wanted}: the shipped student's files use {option} {have}; use {have}, or "
                 f"add --retrain to train a student for {option} {wanted} "
                 f"(about {format_duration(recipe.estimated_seconds())})"
             )

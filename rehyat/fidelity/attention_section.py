@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..hybrid import HybridAttention
-from ..models.wan_rehyat import convert, converted_blocks, load_phi
+from ..models.wan_rehyat import convert, converted_blocks, load_phi, set_overlap_frames
 from ..student.attention_error import attention_errors
 from ..teacher.model import SamplingConfig, Teacher
 from ..weights import load_phi_weights
@@ -45,20 +45,37 @@ def _untrained(teacher: Teacher, case: FidelityCase) -> dict[int, HybridAttentio
     return converted_blocks(model.dit)
 
 
-def _from_file(teacher: Teacher, path: Path) -> dict[int, HybridAttention]:
+def _from_file(teacher: Teacher, path: Path, overlap_frames: int) -> dict[int, HybridAttention]:
+    """The φ modules of the file at ``path``, run at ``overlap_frames`` (the To they were trained at)."""
     model = copy.deepcopy(teacher)
     load_phi(model.dit, path)
+    set_overlap_frames(model.dit, overlap_frames)
     return converted_blocks(model.dit)
+
+
+def trained_attention(path: str | Path) -> dict[str, Any]:
+    """Tc, To and causality the φ file at ``path`` was *trained* with.
+
+    A student's φ file records the To it samples with (``StudentRecipe.sampling_overlap_frames``);
+    the recipe in its training record says the To both stages trained at, which is what φ fits.
+    Files without a recipe: their recorded conversion.
+    """
+    phi = load_phi_weights(path)
+    attention = phi.config.attention
+    trained = {name: getattr(attention, name) for name in ("chunk_frames", "overlap_frames", "causal")}
+    recipe = (phi.training or {}).get("recipe")
+    if isinstance(recipe, dict) and isinstance(recipe.get("overlap_frames"), int):
+        trained["overlap_frames"] = recipe["overlap_frames"]
+    return trained
 
 
 def _fits(path: Path, case: FidelityCase) -> str | None:
     """Why the φ file at ``path`` does not fit ``case``'s attention (None when it does)."""
-    attention = load_phi_weights(path).config.attention
+    trained = trained_attention(path)
     mine = case.attention
-    for name in ("chunk_frames", "overlap_frames", "causal"):
-        if getattr(attention, name) != getattr(mine, name):
-            theirs, ours = getattr(attention, name), getattr(mine, name)
-            return f"made with {name}={theirs!r}, the headline case has {ours!r}"
+    for name, theirs in trained.items():
+        if theirs != getattr(mine, name):
+            return f"trained with {name}={theirs!r}, the headline case has {getattr(mine, name)!r}"
     return None
 
 
@@ -113,7 +130,7 @@ def attention_section(
     modules: dict[str, dict[int, HybridAttention]] = {UNTRAINED: _untrained(teacher, case)}
     for name, phi in files.items():
         try:
-            modules[name] = _from_file(teacher, phi)
+            modules[name] = _from_file(teacher, phi, case.attention.overlap_frames)
         except ValueError as err:  # e.g. the shipped φ was made for another teacher
             skipped[name] = f"could not load: {err}"
     log(f"  attention error: {len(modules)} φ sets on {trajectories} held-out trajectories …")

@@ -301,6 +301,12 @@ def _budget_text(budgets: dict[str, Any]) -> list[str]:
                 f"{settings.get('steps')} more steps on new prompts, seed {settings.get('seed')}, "
                 f"boundary-step loss weight {settings.get('seam_weight')}; {entry.get('seconds')} s."
             )
+        sampling = recipe.get("sampling_overlap_frames")
+        if sampling is not None and sampling != recipe.get("overlap_frames"):
+            lines.append(
+                f"- Sampled at To={sampling} (trained at To={recipe.get('overlap_frames')}; φ and the LoRA "
+                "do not depend on To, the φ file records the sampling overlap): every student row below."
+            )
         seconds = lora.get("seconds") or {}
         if seconds:
             lines.append(

@@ -17,6 +17,7 @@ Two forms with the same numbers:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -102,6 +103,22 @@ def converted_blocks(model: WanDiT) -> dict[int, HybridAttention]:
 def conversion_config(model: WanDiT) -> ConversionConfig | None:
     """The :class:`ConversionConfig` :func:`convert` used (None for an unconverted model)."""
     return getattr(model, "rehyat_conversion", None)
+
+
+def set_overlap_frames(model: WanDiT, overlap_frames: int) -> WanDiT:
+    """Give every converted block of ``model`` the overlap To = ``overlap_frames`` (in place); returns it.
+
+    φ does not depend on To, so a converted model can sample (or train) with another overlap than it
+    was converted with; :func:`save_phi` then records the new one. Refused on an unconverted model.
+    """
+    config = conversion_config(model)
+    if config is None:
+        raise ValueError("this WanDiT is not converted to ReHyAt: it has no overlap to set")
+    attention = dataclasses.replace(config.attention, overlap_frames=overlap_frames)  # validates To
+    for module in converted_blocks(model).values():
+        module.config = dataclasses.replace(module.config, overlap_frames=overlap_frames)
+    model.rehyat_conversion = dataclasses.replace(config, attention=attention)
+    return model
 
 
 def phi_parameters(model: WanDiT) -> list[nn.Parameter]:

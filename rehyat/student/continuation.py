@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..models.wan_rehyat import set_overlap_frames
 from ..teacher.model import Teacher
 from ..training.runs import RunFolder, tensors_digest
 from .files import LORA_FILE, file_digest, load_student, read_lora
@@ -75,7 +76,8 @@ def continue_student(
 
     Returns:
         The stage-1 model (φ from the file), the student (adapters attached, not merged) and the
-        base record with this continuation appended under ``"continuations"``.
+        base record with this continuation appended under ``"continuations"``. Training runs at the
+        base recipe's ``overlap_frames``; both models come back at its ``student_overlap_frames``.
     """
     from .train import lora_only
 
@@ -86,7 +88,8 @@ def continue_student(
     if recipe.stage2_data != "trajectories":
         raise ValueError(f"{lora_path} was fine-tuned on {recipe.stage2_data!r}; a continuation runs "
                          "on-policy stage 2 and needs a student made with stage2_data='trajectories'")
-    stage1 = load_student(teacher, folder, stage="stage1")
+    stage1 = load_student(teacher, folder, stage="stage1")  # φ at the To its file records (sampling)
+    set_overlap_frames(stage1.dit, recipe.overlap_frames)  # stage 2b trains at stage 2's To
     settings = replace(recipe, stage2_steps=continuation.steps, stage2_seed=continuation.seed)
     started = time.perf_counter()
     student, report = run_stage2_on_trajectories(
@@ -94,6 +97,8 @@ def continue_student(
         initial_lora=tensors, first_prompt=next_prompt_index(record),
         seam_weight=continuation.seam_weight, label="stage 2b",
     )
+    for model in (stage1, student):
+        set_overlap_frames(model.dit, recipe.student_overlap_frames)
     entry = {
         "settings": continuation.to_dict(),
         "from_lora_sha256": file_digest(lora_path),

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..models.wan_rehyat import convert
+from ..models.wan_rehyat import convert, set_overlap_frames
 from ..teacher.distillation import distil_on_teacher, generator_prompts
 from ..teacher.evaluate import held_out_pairs
 from ..teacher.model import Teacher, latent_to_pixels, pixels_to_latent
@@ -92,7 +92,7 @@ def stage_runs(run_dir: str | Path, teacher: Teacher, recipe: StudentRecipe) -> 
 
     def stage2(stage1_model: Teacher) -> RunFolder:
         phi = tensors_digest([t for _, t in sorted(_phi_tensors(stage1_model).items())])
-        rest = {k: v for k, v in settings.items() if k != "stage2_steps"}
+        rest = {k: v for k, v in settings.items() if k not in ("stage2_steps", "sampling_overlap_frames")}
         identity = {"stage": 2, "teacher": teacher_digest, "phi": phi, "recipe": rest}
         return RunFolder(run_dir, "stage2", identity)
 
@@ -242,6 +242,9 @@ def train_student(
 ) -> StudentResult:
     """Run stage 1 and stage 2 on ``teacher`` (unchanged); returns both models and a report.
 
+    Both stages train at ``recipe.overlap_frames``; the returned models sample at
+    ``recipe.student_overlap_frames`` (and :func:`~rehyat.student.files.save_student` records it).
+
     Args:
         teacher: the softmax teacher.
         recipe: budgets (defaults: the shipped student's).
@@ -289,6 +292,8 @@ def train_student(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    for model in (stage1, student):  # trained at recipe.overlap_frames; sampled (and saved) at this To
+        set_overlap_frames(model.dit, recipe.student_overlap_frames)
     if continuation is not None:
         log(f"stage 2b: {continuation.steps} more on-policy steps from the saved student "
             f"(seam weight {continuation.seam_weight:g})")
