@@ -7,12 +7,14 @@ finished models and the φ file carry ``sampling_overlap_frames``. Real tiny mod
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 from student_support import TINY_ONPOLICY, TINY_RECIPE, make_tiny_teacher
 
+from rehyat.atomic import atomic_save_file
 from rehyat.config import ConversionConfig, HybridAttentionConfig
 from rehyat.fidelity.attention_section import trained_attention
 from rehyat.hybrid import build_attention
@@ -25,7 +27,7 @@ from rehyat.models.wan_rehyat import (
 )
 from rehyat.student import LORA_FILE, PHI_FILE, StudentRecipe, load_student, save_student, train_student
 from rehyat.student.continuation import continue_student
-from rehyat.student.files import read_lora
+from rehyat.student.files import LORA_FORMAT, read_lora
 from rehyat.student.recipe import StudentContinuation
 from rehyat.weights import load_phi_weights
 
@@ -136,3 +138,16 @@ def test_shipped_student_samples_at_the_recipes_overlap():
     assert phi.config.attention.overlap_frames == StudentRecipe().student_overlap_frames
     assert trained_attention(ASSETS / PHI_FILE)["overlap_frames"] == StudentRecipe().overlap_frames
     assert phi.config.attention.chunk_frames == StudentRecipe().chunk_frames
+
+
+def test_files_recorded_before_the_sampling_overlap_existed_continue_at_their_own_to(tiny_teacher, tmp_path):
+    """A LoRA record without ``sampling_overlap_frames`` sampled at the To it trained at: kept so."""
+    old_recipe = replace(TINY_ONPOLICY, sampling_overlap_frames=None)
+    result = train_student(tiny_teacher, old_recipe, log=lambda _: None)
+    save_student(result.stage1, result.student, tmp_path, result.report)
+    tensors, record = read_lora(tmp_path / LORA_FILE)
+    del record["recipe"]["sampling_overlap_frames"]
+    atomic_save_file(tensors, {"format": LORA_FORMAT, "training": json.dumps(record)}, tmp_path / LORA_FILE,
+                     replace=True)
+    stage1, student, _ = continue_student(tiny_teacher, tmp_path, CONTINUE)
+    assert (_overlap(stage1), _overlap(student)) == (1, 1)

@@ -149,6 +149,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print, progress: b
     )
     if plan.retrain:
         distillation = _jsonable(student["report"].get("stage1", {}))
+        trained = (distillation.get("conversion") or {}).get("attention", {}).get("overlap_frames")
+        if trained is not None and trained != plan.overlap_frames:  # φ trained at one To, sampled at another
+            distillation["trained_conversion"] = distillation.pop("conversion")
     else:
         distillation = {"source": str(plan.folder / PHI_FILE), "stage": "stage 1 (shipped)"}
     save_phi(

@@ -28,9 +28,12 @@ CONTINUATIONS = "continuations"  # key of the record's list of continuations
 
 
 def _base_recipe(record: dict[str, Any], path: Path) -> StudentRecipe:
-    """The :class:`StudentRecipe` a student LoRA's record names (refused when it names none)."""
+    """The :class:`StudentRecipe` a student LoRA's record names (refused when it names none).
+
+    Records written before ``sampling_overlap_frames`` existed sampled at the To they trained at.
+    """
     try:
-        return StudentRecipe(**record["recipe"])
+        return StudentRecipe(**{"sampling_overlap_frames": None, **record["recipe"]})
     except (KeyError, TypeError) as error:
         raise ValueError(
             f"{path} records no StudentRecipe ({error}); continue from files written by "
