@@ -88,19 +88,19 @@ def test_retrain_runs_both_stages_live_and_writes_every_artefact(tmp_path, capsy
 
 
 def test_retrain_at_the_default_chunking_samples_at_the_recipes_sampling_overlap(tmp_path, capsys):
-    """φ and the LoRA train at To = 1 and the demo's student samples at To = 2, as the shipped one;
-    ``phi.safetensors`` records 2 and keeps the To stage 1 trained at as ``trained_conversion``."""
+    """φ and the LoRA train at To = 1 and the demo's student samples at To = 3, as the shipped one;
+    ``phi.safetensors`` records 3 and keeps the To stage 1 trained at as ``trained_conversion``."""
     out = tmp_path / "demo"
     live = ["--retrain", "--distill-steps", "2", "--distill-trajectory-steps", "2", "--finetune-steps", "1",
             "--finetune-data", "clips"]
     assert main(["demo", "--output", str(out), *live, *TINY]) == 0
-    assert "Tc=3, To=2 (trained at To=1)" in capsys.readouterr().out
+    assert "Tc=3, To=3 (trained at To=1)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["chunk_frames"] == 3 and metrics["overlap_frames"] == 2
+    assert metrics["chunk_frames"] == 3 and metrics["overlap_frames"] == 3
     phi = load_phi_weights(out / "phi.safetensors")
-    assert phi.config.attention.overlap_frames == 2
+    assert phi.config.attention.overlap_frames == 3
     assert phi.training["trained_conversion"]["attention"]["overlap_frames"] == 1
-    assert load_phi_weights(out / PHI_FILE).config.attention.overlap_frames == 2  # the student's files
+    assert load_phi_weights(out / PHI_FILE).config.attention.overlap_frames == 3  # the student's files
 
 
 def test_default_uses_the_student_files_and_no_distill_still_works(tmp_path, capsys, student_dir):

@@ -81,8 +81,8 @@ def test_empty_or_unknown_prompt_is_refused_with_the_vocabulary(tmp_path):
 @needs_teacher
 def test_chunk_and_overlap_out_of_range_are_refused_before_any_work(tmp_path):
     out = tmp_path / "o"
-    # the shipped student samples at To = 2; a live run of another chunking trains and samples at To = 1
-    for extra, overlap in (([], 2), (["--retrain"], 1)):
+    # the shipped student samples at To = 3; a live run of another chunking trains and samples at To = 1
+    for extra, overlap in (([], 3), (["--retrain"], 1)):
         done = run_cli("demo", "--output", str(out), "--chunk-frames", "100", *extra, *TINY)
         line = refused(done, "--chunk-frames")
         assert "[1, 15]" in line and f"--overlap-frames {overlap}" in line and "16-frame" in line

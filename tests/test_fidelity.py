@@ -574,7 +574,7 @@ def test_student_budgets_name_the_stage2_data():
     own = "\n".join(_budget_text({"lora": {"recipe": StudentRecipe().to_dict()}}))
     assert "on the student's own guided sampling states (16 generator prompts of 48 frames" in own
     assert "Stage 2b" not in own
-    assert "Sampled at To=2 (trained at To=1" in own  # the shipped student's sampling overlap is stated
+    assert "Sampled at To=3 (trained at To=1" in own  # the shipped student's sampling overlap is stated
     same = StudentRecipe(sampling_overlap_frames=None).to_dict()
     assert "Sampled at" not in "\n".join(_budget_text({"lora": {"recipe": same}}))
     entry = {"settings": {"steps": 300, "seed": 1, "seam_weight": 2.0}, "seconds": 12.5}

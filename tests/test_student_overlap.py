@@ -32,6 +32,7 @@ from rehyat.student.recipe import StudentContinuation
 from rehyat.weights import load_phi_weights
 
 CONTINUE = StudentContinuation(steps=2, seed=1, seam_weight=2.0)
+SAMPLING = 3  # the shipped sampling To (StudentRecipe().sampling_overlap_frames, checked below)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def _inputs(teacher, frames: int = 6):
 
 
 def test_recipe_sampling_overlap_defaults_and_validation():
-    assert StudentRecipe().sampling_overlap_frames == 2 and StudentRecipe().student_overlap_frames == 2
+    assert StudentRecipe().sampling_overlap_frames == 3 and StudentRecipe().student_overlap_frames == 3
     assert StudentRecipe().overlap_frames == 1  # both stages train at the paper's To
     assert StudentRecipe(sampling_overlap_frames=None, overlap_frames=0).student_overlap_frames == 0
     for bad in (-1, 65, 1.5, True):
@@ -102,31 +103,31 @@ def test_train_student_trains_at_overlap_frames_and_saves_the_sampling_overlap(t
     wide = train_student(tiny_teacher, TINY_RECIPE, log=lambda _: None)
     narrow_recipe = replace(TINY_RECIPE, sampling_overlap_frames=None)
     narrow = train_student(tiny_teacher, narrow_recipe, log=lambda _: None)
-    assert (_overlap(wide.stage1), _overlap(wide.student)) == (2, 2)
+    assert (_overlap(wide.stage1), _overlap(wide.student)) == (SAMPLING, SAMPLING)
     assert (_overlap(narrow.stage1), _overlap(narrow.student)) == (1, 1)
     weights = [m.student.dit.state_dict().values() for m in (wide, narrow)]
     for a, b in zip(*weights, strict=True):
         assert torch.equal(a, b)  # the same training
     save_student(wide.stage1, wide.student, tmp_path, wide.report)
-    assert load_phi_weights(tmp_path / PHI_FILE).config.attention.overlap_frames == 2
-    assert read_lora(tmp_path / LORA_FILE)[1]["recipe"]["sampling_overlap_frames"] == 2
+    assert load_phi_weights(tmp_path / PHI_FILE).config.attention.overlap_frames == SAMPLING
+    assert read_lora(tmp_path / LORA_FILE)[1]["recipe"]["sampling_overlap_frames"] == SAMPLING
     loaded = load_student(tiny_teacher, tmp_path)
-    assert _overlap(loaded) == 2 and _overlap(load_student(tiny_teacher, tmp_path, "stage1")) == 2
+    assert _overlap(loaded) == _overlap(load_student(tiny_teacher, tmp_path, "stage1")) == SAMPLING
     # what φ was trained at (the fidelity table's stage-1 evidence compares φ at that To)
     assert trained_attention(tmp_path / PHI_FILE) == {"chunk_frames": 3, "overlap_frames": 1, "causal": True}
     save_phi(wide.stage1.dit, tmp_path / "bare.safetensors")  # no training record: the recorded To
-    assert trained_attention(tmp_path / "bare.safetensors")["overlap_frames"] == 2
+    assert trained_attention(tmp_path / "bare.safetensors")["overlap_frames"] == SAMPLING
 
 
 def test_continuation_trains_at_the_base_overlap_and_returns_the_sampling_one(tiny_teacher, tmp_path):
-    """Files whose φ records To = 2 continue exactly as files of the same training that record To = 1."""
-    for name, sampling in (("wide", 2), ("narrow", None)):
+    """Files whose φ records To = 3 continue exactly as files of the same training that record To = 1."""
+    for name, sampling in (("wide", SAMPLING), ("narrow", None)):
         result = train_student(tiny_teacher, replace(TINY_ONPOLICY, sampling_overlap_frames=sampling),
                                log=lambda _: None)
         save_student(result.stage1, result.student, tmp_path / name, result.report)
     stage1, wide, _ = continue_student(tiny_teacher, tmp_path / "wide", CONTINUE)
     _, narrow, _ = continue_student(tiny_teacher, tmp_path / "narrow", CONTINUE)
-    assert (_overlap(stage1), _overlap(wide), _overlap(narrow)) == (2, 2, 1)
+    assert (_overlap(stage1), _overlap(wide), _overlap(narrow)) == (SAMPLING, SAMPLING, 1)
     adapters = [{n: p for n, p in m.dit.named_parameters() if ".lora." in n} for m in (wide, narrow)]
     assert adapters[0] and all(torch.equal(p, adapters[1][n]) for n, p in adapters[0].items())
 

@@ -7,7 +7,7 @@ the states the student's own guided sampler visits, regressing the softmax teach
 writes the student's files — ``teacher_phi.safetensors`` (stage-1 φ, fp16) and
 ``student_lora.safetensors`` (ComfyUI LoRA format, fp16) — atomically; existing files are replaced
 only with ``--overwrite``. Every stage trains at To = ``StudentRecipe.overlap_frames`` (1); the
-φ file records ``sampling_overlap_frames`` (2), the To the student is sampled with. Both stages
+φ file records ``sampling_overlap_frames`` (3), the To the student is sampled with. Both stages
 checkpoint into ``--run-dir/--run-name`` (default ``rehyat_runs/student``): after an
 interruption the same command carries on from the last checkpoint to the same numbers, and a
 finished run given more ``--stage2-steps`` is extended.
