@@ -124,7 +124,10 @@ def test_live_training_options_need_retrain(tmp_path, student_dir):
     students = ["--student-dir", str(student_dir)]
     done = run_cli("demo", "--output", str(out), *students, "--chunk-frames", "2", *TINY)
     line = refused(done, "--chunk-frames")
-    assert "shipped student's files use --chunk-frames 3" in line and "--retrain" in line
+    assert "shipped student was trained with --chunk-frames 3" in line and "--retrain" in line
+    line = refused(run_cli("demo", "--output", str(out), *students, "--overlap-frames", "1", *TINY),
+                   "--overlap-frames")
+    assert "shipped student samples with --overlap-frames 3" in line and "--retrain" in line
     refused(run_cli("demo", "--output", str(out), "--distill-steps", "0", *TINY), "--distill-steps")
     empty = tmp_path / "empty"
     empty.mkdir()

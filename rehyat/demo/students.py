@@ -119,7 +119,8 @@ def plan_student(
         )
     folder = Path(folder)
     shipped = shipped_chunking(folder, recipe)
-    for name, option in (("chunk_frames", "--chunk-frames"), ("overlap_frames", "--overlap-frames")):
+    for name, option, verb in (("chunk_frames", "--chunk-frames", "was trained with"),
+                               ("overlap_frames", "--overlap-frames", "samples with")):
         wanted, have = getattr(options, name), shipped[name]
         if wanted is not None and wanted != have:
             chunk, overlap = (
@@ -128,7 +129,7 @@ def plan_student(
             )
             check_chunking(chunk, overlap, training_frames)  # out of range: say the range first
             raise ValueError(
-                f"{option} {wanted}: the shipped student's files use {option} {have}; use {have}, or "
+                f"{option} {wanted}: the shipped student {verb} {option} {have}; use {have}, or "
                 f"add --retrain to train a student for {option} {wanted} "
                 f"(about {format_duration(recipe.estimated_seconds())})"
             )
